@@ -1,0 +1,39 @@
+"""Seed algorithm 1: the CNN on Fashion-MNIST (offline default), Adam, batch 64, 5 epochs.
+
+  python -m dl10_jax.main --config configs/cnn.py --workdir runs/cnn
+  python -m dl10_jax.main --config configs/cnn.py --workdir runs/cnn_mnist \
+      --config.dataset.name=mnist          # TFDS mnist (or IDX files via dataset.data_dir)
+  python -m dl10_jax.main --config configs/cnn.py:smoke --workdir /tmp/cnn_smoke   # seconds
+"""
+
+from dl10_jax.config_lib import base_config
+
+
+def get_config(arg: str | None = None):
+  config = base_config()
+  config.model.name = 'cnn'
+  config.model.num_classes = 10
+  config.model.conv_features = (32, 64)
+  config.model.dense_features = 128
+  config.model.conv_impl = 'auto'  # patches on CPU, XLA's convolution on GPU/TPU.
+
+  config.dataset.name = 'fashion_mnist'
+  config.batch_size = 64
+  config.num_epochs = 5
+  config.optimizer = 'adam'
+  config.learning_rate = 1e-3
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+
+  if arg == 'smoke':  # A seconds-long run on a slice of the data, used by the tests.
+    config.dataset.num_train_examples = 512
+    config.dataset.num_eval_examples = 256
+    config.batch_size = 32
+    config.eval_batch_size = 128
+    config.num_epochs = 1
+    config.log_every_steps = 4
+    config.checkpoint_every_steps = 8
+    config.progress_bar = False
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}; allowed: smoke')
+  return config

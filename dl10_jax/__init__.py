@@ -1,0 +1,1 @@
+"""dl10_jax: ten core deep-learning architectures in JAX/Flax, one training loop for all."""

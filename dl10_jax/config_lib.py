@@ -1,0 +1,101 @@
+"""The fields every experiment config shares, and their validation.
+
+Experiment configs (`configs/*.py`) start from `base_config()` and fill in `model`, `dataset` and the
+recipe. `finalize()` checks the result once, before any work starts, so that a bad value fails with
+one line naming it instead of a traceback deep inside JAX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from dl10_jax.errors import ConfigError
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+DTYPES = ('float32', 'bfloat16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Common fields; an experiment config overrides what its recipe needs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = 'classification'  # Which part of dl10_jax.train supplies loss, metrics and eval.
+
+  c.batch_size = 64  # Global batch, split over every device of the mesh's `data` axis.
+  c.eval_batch_size = 1000
+  c.num_epochs = 1.0  # Used when num_train_steps is -1.
+  c.num_train_steps = -1
+
+  c.optimizer = 'adam'
+  c.learning_rate = 1e-3
+  c.schedule = 'constant'
+  c.warmup_steps = 0
+  c.weight_decay = 0.0  # adamw only.
+  c.momentum = 0.9  # sgd only.
+  c.grad_clip_norm = 0.0  # 0 disables clipping.
+
+  c.dtype = 'float32'  # Compute dtype; parameters stay float32.
+
+  c.log_every_steps = 100
+  c.eval_every_steps = -1  # -1: once per epoch.
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.progress_bar = True
+
+  # Mesh axis sizes; -1 takes all remaining devices. Later issues add `fsdp` / `tensor` axes.
+  c.mesh = ml_collections.ConfigDict({'data': -1})
+
+  c.model = ml_collections.ConfigDict({'name': ''})
+  c.dataset = ml_collections.ConfigDict({
+      'name': '',
+      'source': 'auto',  # auto | idx | tfds
+      'data_dir': '',  # Directory with IDX files; also the DL10_DATA_DIR env var.
+      'num_train_examples': -1,  # > 0 keeps only the first N training examples (smoke runs).
+      'num_eval_examples': -1,
+      'prefetch': 2,  # Batches the grain reader thread keeps ready.
+  })
+  return c
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
+
+
+def _positive(name: str, value: float) -> None:
+  if not value > 0:
+    raise ConfigError(f'{name}={value!r} must be > 0')
+
+
+def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
+             num_data_devices: int) -> ml_collections.ConfigDict:
+  """Validates `config` and resolves derived fields (-1 step counts) in a copy."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  _choice('optimizer', c.optimizer, OPTIMIZERS)
+  _choice('schedule', c.schedule, SCHEDULES)
+  _choice('dtype', c.dtype, DTYPES)
+  _positive('batch_size', c.batch_size)
+  _positive('eval_batch_size', c.eval_batch_size)
+  _positive('learning_rate', c.learning_rate)
+  _positive('log_every_steps', c.log_every_steps)
+  _positive('checkpoint_every_steps', c.checkpoint_every_steps)
+  _positive('keep_checkpoints', c.keep_checkpoints)
+  for field in ('batch_size', 'eval_batch_size'):
+    if c[field] % num_data_devices:
+      raise ConfigError(f'{field}={c[field]} is not divisible by the {num_data_devices} devices of '
+                        f'the mesh data axis; use a multiple of {num_data_devices}')
+  steps_per_epoch = max(1, math.ceil(num_train_examples / c.batch_size))
+  if c.num_train_steps == -1:
+    _positive('num_epochs', c.num_epochs)
+    c.num_train_steps = max(1, math.ceil(c.num_epochs * num_train_examples / c.batch_size))
+  _positive('num_train_steps', c.num_train_steps)
+  if c.eval_every_steps == -1:
+    c.eval_every_steps = steps_per_epoch
+  _positive('eval_every_steps', c.eval_every_steps)
+  if c.warmup_steps < 0 or c.warmup_steps >= c.num_train_steps and c.schedule == 'warmup_cosine':
+    raise ConfigError(f'warmup_steps={c.warmup_steps} must be in [0, num_train_steps='
+                      f'{c.num_train_steps})')
+  return c

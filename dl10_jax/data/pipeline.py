@@ -1,0 +1,67 @@
+"""grain pipelines: an endless shuffled training stream and a padded, finite eval pass.
+
+Both shard by process (each host reads every `process_count`-th record of the same global order),
+so the union of the hosts' local batches is the global batch a single host would have built. The
+training iterator's position is `get_state()` / `set_state()`, saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def scale_images(batch: Batch) -> Batch:
+  """uint8 pixels -> float32 in [0, 1]; other fields pass through."""
+  if 'image' in batch:
+    batch = dict(batch, image=batch['image'].astype(np.float32) * np.float32(1 / 255))
+  return batch
+
+
+def _local_batch_size(global_batch_size: int) -> int:
+  count = jax.process_count()
+  if global_batch_size % count:
+    raise ValueError(f'batch size {global_batch_size} is not divisible by {count} processes')
+  return global_batch_size // count
+
+
+def train_iterator(source: Sequence[Any], global_batch_size: int, seed: int, prefetch: int,
+                   preprocess: Callable[[Batch], Batch] = scale_images) -> grain.DatasetIterator:
+  """An endless iterator of local batches, reshuffled every epoch, checkpointable."""
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.batch(_local_batch_size(global_batch_size), drop_remainder=True).map(preprocess)
+  # One reader thread prepares the next batches while the device runs the current step.
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(prefetch, 1))
+  return iter(ds.to_iter_dataset(options))
+
+
+def eval_batches(source: Sequence[Any], global_batch_size: int,
+                 preprocess: Callable[[Batch], Batch] = scale_images) -> Iterator[Batch]:
+  """One pass over `source` in full batches; padding rows carry `mask == 0`.
+
+  Every process yields the same number of batches, so a multi-host eval stays in lockstep.
+  """
+  local_size = _local_batch_size(global_batch_size)
+  num_batches = math.ceil(len(source) / global_batch_size)
+  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  ds = ds.batch(local_size, drop_remainder=False).map(preprocess)
+  template = None
+  for i in range(num_batches):
+    batch = ds[i] if i < len(ds) else None
+    if batch is None:  # This host ran out of records: a fully masked batch of the same shape.
+      batch, n = jax.tree.map(np.zeros_like, template), 0
+    else:
+      n = len(next(iter(batch.values())))
+      template = batch if template is None else template
+    pad = local_size - n
+    batch = jax.tree.map(lambda x: np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+                         if pad else x, batch)
+    batch['mask'] = (np.arange(local_size) < n).astype(np.float32)
+    yield batch

@@ -1,0 +1,106 @@
+"""Random-access data sources, found by `config.dataset.name`.
+
+A source is anything with `__len__` and `__getitem__` returning a dict of numpy values (grain's
+`RandomAccessDataSource` protocol). Image classification records are
+`{'image': uint8[H, W, C], 'label': int}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from dl10_jax.data import idx
+from dl10_jax.errors import ConfigError, DataError
+
+IDX_DATASETS = ('fashion_mnist', 'mnist')
+SOURCES = ('auto', 'idx', 'tfds')
+
+
+class ArraySource:
+  """A dict of equally long arrays, served one record at a time."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self._arrays = arrays
+    self._len = len(next(iter(arrays.values())))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {k: v[i] for k, v in self._arrays.items()}
+
+
+class LimitedSource:
+  """The first `limit` records of another source."""
+
+  def __init__(self, source: Sequence[Any], limit: int):
+    self._source, self._len = source, min(limit, len(source))
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> Any:
+    if not 0 <= i < self._len:
+      raise IndexError(i)
+    return self._source[i]
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: Sequence[Any]
+  eval: Sequence[Any]
+  num_classes: int | None  # None for datasets without class labels.
+
+
+def _tfds(name: str, data_dir: str) -> Splits:
+  import tensorflow_datasets as tfds  # Slow import; only when a TFDS dataset is asked for.
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # TFDS raises several kinds for an unknown name.
+    raise ConfigError(f'dataset.name={name!r} is neither an IDX dataset ({", ".join(IDX_DATASETS)}) '
+                      f'nor a TFDS dataset: {str(e).splitlines()[0]}') from None
+  try:
+    train, test = (tfds.data_source(name, split=s, data_dir=data_dir or None, download=False)
+                   for s in ('train', 'test'))
+  except Exception as e:  # Not prepared: KeyError / AssertionError depending on the TFDS version.
+    raise DataError(
+        f'TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it once with '
+        f'internet access (`pip install -r requirements-tfds.txt && tfds build {name}`), or use '
+        f'an offline IDX dataset ({e.__class__.__name__}: {str(e).splitlines()[0]})') from None
+  label = builder.info.features.get('label') if hasattr(builder.info.features, 'get') else None
+  return Splits(train, test, getattr(label, 'num_classes', None))
+
+
+def load(config: ml_collections.ConfigDict) -> Splits:
+  """Returns the train and eval sources that `config` (the `dataset` sub-config) names."""
+  name, source = config.name, config.source
+  if not name:
+    raise ConfigError('dataset.name is empty; set it to an IDX dataset '
+                      f'({", ".join(IDX_DATASETS)}) or any prepared TFDS dataset name')
+  if source not in SOURCES:
+    raise ConfigError(f'dataset.source={source!r} is not supported; allowed: {", ".join(SOURCES)}')
+  directory = idx.default_dir(name, config.data_dir) if name in IDX_DATASETS else None
+  if source == 'idx' and name not in IDX_DATASETS:
+    raise ConfigError(f'dataset.source=idx supports only {", ".join(IDX_DATASETS)}, not {name!r}')
+  if source == 'idx' or (source == 'auto' and directory):
+    if not directory:
+      raise DataError(f'no IDX directory for {name!r}: set dataset.data_dir or DL10_DATA_DIR')
+    splits = Splits(ArraySource(idx.load(directory, 'train')),
+                    ArraySource(idx.load(directory, 'test')), num_classes=10)
+  else:
+    splits = _tfds(name, config.data_dir if source == 'tfds' else '')
+  if config.num_train_examples > 0 or config.num_eval_examples > 0:
+    splits = dataclasses.replace(
+        splits,
+        train=LimitedSource(splits.train, config.num_train_examples)
+        if config.num_train_examples > 0 else splits.train,
+        eval=LimitedSource(splits.eval, config.num_eval_examples)
+        if config.num_eval_examples > 0 else splits.eval)
+  if len(splits.train) == 0 or len(splits.eval) == 0:
+    raise DataError(f'dataset {name!r} has an empty split (train={len(splits.train)}, '
+                    f'eval={len(splits.eval)})')
+  return splits

@@ -1,0 +1,17 @@
+"""Errors that reach the user as one line (see `main.py`), never as a traceback."""
+
+
+class UserError(Exception):
+  """A problem the user can fix: the message says what is wrong and what is allowed."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that is out of range, of the wrong kind, or names something unknown."""
+
+
+class DataError(UserError):
+  """Missing or unreadable data; the message says how to get it."""
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or inf; the message names the step."""

@@ -1,0 +1,76 @@
+"""Layers shared by the vision models, with backend-aware implementations.
+
+XLA's native convolution is the right choice on GPU and TPU, but its CPU path (Eigen) is several
+times slower than an explicit im2col + one matmul for the small convolutions of these models, and the
+backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend;
+both implementations have the same parameters and are tested equal (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ('auto', 'xla', 'patches')
+
+
+def resolve_conv_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
+  if impl == 'auto':
+    return 'patches' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def im2col(x: jax.Array, kh: int, kw: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H-kh+1, W-kw+1, kh*kw*C], taps ordered (row, col, channel) like HWIO."""
+  h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  taps = [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(taps, axis=-1)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
+  """A stride-1 VALID convolution of x [B, H, W, Cin] with kernel [kh, kw, Cin, Cout]."""
+  kh, kw, cin, cout = kernel.shape
+  if resolve_conv_impl(impl) == 'xla':
+    return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return im2col(x, kh, kw) @ kernel.reshape(kh * kw * cin, cout)
+
+
+class Conv2D(nn.Module):
+  """Stride-1 2-D convolution with the parameters of `nn.Conv` (`kernel` HWIO, `bias`)."""
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  padding: str = 'VALID'  # VALID | SAME
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.padding == 'SAME':
+      x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    elif self.padding != 'VALID':
+      raise ValueError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
+    return conv2d(x, kernel, self.impl) + bias
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling, stride 2, VALID ([B, H, W, C] -> [B, H//2, W//2, C]) as reshape + max.
+
+  Equal to `nn.max_pool(x, (2, 2), (2, 2))` in value; in gradient too unless a window holds tied
+  maxima (then the gradient is shared among them rather than given to the first).
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -1,0 +1,21 @@
+"""Training: one shared loop (`trainer`) and a small part per kind of objective."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+
+from dl10_jax.errors import ConfigError
+from dl10_jax.train.classification import Classification
+from dl10_jax.train.objective import Objective
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    'classification': Classification,
+}
+
+
+def make_objective(config: ml_collections.ConfigDict, model: nn.Module) -> Objective:
+  if config.objective not in OBJECTIVES:
+    raise ConfigError(f'objective={config.objective!r} is unknown; allowed: '
+                      f'{", ".join(OBJECTIVES)}')
+  return OBJECTIVES[config.objective](config, model)

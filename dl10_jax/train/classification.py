@@ -1,0 +1,37 @@
+"""Classification: softmax cross-entropy, accuracy; eval over the whole test split."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from dl10_jax.train.objective import Batch, Metrics, Objective
+from dl10_jax.train.state import TrainState
+
+
+class Classification(Objective):
+  """Batches are {'image': float[B, H, W, C], 'label': int[B]} (+ 'mask' in eval)."""
+
+  def model_inputs(self, batch: Batch) -> jax.Array:
+    return batch['image']
+
+  def loss(self, params, state, batch, rng):
+    variables = {'params': params, **state.model_state}
+    logits, model_state = state.apply_fn(variables, batch['image'], train=True,
+                                         rngs={'dropout': rng}, mutable=list(state.model_state))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    accuracy = (logits.argmax(-1) == batch['label']).mean()
+    return loss, ({'train_loss': loss, 'train_accuracy': accuracy}, model_state)
+
+  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    variables = {'params': state.params, **state.model_state}
+    logits = state.apply_fn(variables, batch['image'], train=False)
+    mask = batch['mask']
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    return {'loss': (losses * mask).sum(),
+            'correct': ((logits.argmax(-1) == batch['label']) * mask).sum(),
+            'count': mask.sum()}
+
+  def summarize_eval(self, sums: dict[str, float]) -> dict[str, float]:
+    return {'eval_loss': sums['loss'] / sums['count'],
+            'eval_accuracy': sums['correct'] / sums['count']}

@@ -1,0 +1,65 @@
+"""The per-objective part of training: what the one shared loop (trainer.py) asks of each kind.
+
+An objective builds the initial state, makes one update, and evaluates. Supervised objectives
+(classification, language modelling, diffusion) only write a loss; the GAN objective overrides
+`init_state` / `train_step` to carry two networks and two optimizers in one state.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from dl10_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Objective(abc.ABC):
+  """Base class. `train_step` and `eval_step` are traced under jit by the trainer."""
+
+  # The metric the loop checks for NaN/inf and shows in the progress bar.
+  loss_metric = 'train_loss'
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module):
+    self.config = config
+    self.model = model
+
+  def init_state(self, rng: jax.Array, batch: Batch, tx: optax.GradientTransformation) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = self.model.init(init_rng, self.model_inputs(batch), train=False)
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), model_state=variables, rng=state_rng,
+                      apply_fn=self.model.apply, tx=tx)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, state.step_rng())
+    return state.apply_gradients(grads, model_state), metrics
+
+  # --- What a supervised objective provides. ---
+
+  @abc.abstractmethod
+  def model_inputs(self, batch: Batch) -> Any:
+    """The batch field(s) the model is called on, used to trace its shapes at init."""
+
+  @abc.abstractmethod
+  def loss(self, params: Any, state: TrainState, batch: Batch,
+           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    """Returns (scalar loss, (metrics, updated model_state)) for a training batch."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    """Sums over the batch's unmasked rows (the loop adds them up over the eval set)."""
+
+  @abc.abstractmethod
+  def summarize_eval(self, sums: dict[str, float]) -> dict[str, float]:
+    """Eval-set sums -> the metrics written to metrics.jsonl."""

@@ -1,0 +1,28 @@
+"""The train state: everything a step reads and writes, as one pytree the loop can shard and save."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: the number of updates applied so far.
+  params: Any
+  opt_state: optax.OptState
+  model_state: Any  # Mutable collections such as {'batch_stats': ...}; {} when a model has none.
+  rng: jax.Array  # uint32[2] base key; step t uses fold_in(rng, t), so resuming needs no RNG replay.
+  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def step_rng(self) -> jax.Array:
+    return jax.random.fold_in(self.rng, self.step)
+
+  def apply_gradients(self, grads: Any, model_state: Any) -> 'TrainState':
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, model_state=model_state)
