@@ -9,6 +9,7 @@ allowed (exit code 2), not a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -30,9 +31,18 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _explain_override(argv: list[str]) -> str | None:
-  """Names the first --config.a.b override whose path does not exist in the loaded config."""
-  config = _CONFIG.value
+def _load_config(config_arg: str):
+  """Loads `path[:arg]` the way config_flags does, to explain a failed override."""
+  path, _, arg = config_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('_dl10_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _explain_override(argv: list[str], config_arg: str) -> str | None:
+  """Names the first --config.a.b override whose path does not exist in the config."""
+  config = _load_config(config_arg)
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -49,8 +59,7 @@ def _explain_override(argv: list[str]) -> str | None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with every failure turned into one line."""
-  config_arg = next((a.split('=', 1)[1] if '=' in a else None
-                     for a in argv if a.startswith('--config=')), None)
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if config_arg is None and '--config' in argv[:-1]:
     config_arg = argv[argv.index('--config') + 1]
   if config_arg is not None:
@@ -59,14 +68,15 @@ def parse_flags(argv: list[str]) -> list[str]:
       _fail(f'config file {path!r} not found; pass an existing file such as configs/cnn.py')
   try:
     return flags.FLAGS(argv)
+  except SystemExit:  # absl exits 1 after printing --help; asking for help is no failure.
+    if any(a in ('-h', '-?', '--help', '--helpshort', '--helpfull') for a in argv):
+      sys.exit(0)
+    raise
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')  # The config's own error.
   except (AttributeError, KeyError):  # ml_collections: an override names a field that is absent.
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv[:1] + [a for a in argv[1:] if not a.startswith('--config.')])
-    _fail(_explain_override(argv) or f'bad --config override in {" ".join(argv[1:])}')
-  except Exception as e:  # Errors raised while importing or running the config file itself.
-    _fail(f'cannot load config {config_arg!r}: {type(e).__name__}: {e}')
+    _fail(_explain_override(argv, config_arg) or f'bad --config override in {argv[1:]}')
   return []
 
 

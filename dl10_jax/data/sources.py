@@ -71,7 +71,8 @@ def _tfds(name: str, data_dir: str) -> Splits:
         f'TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it once with '
         f'internet access (`pip install -r requirements-tfds.txt && tfds build {name}`), or use '
         f'an offline IDX dataset ({e.__class__.__name__}: {str(e).splitlines()[0]})') from None
-  label = builder.info.features.get('label') if hasattr(builder.info.features, 'get') else None
+  features = builder.info.features
+  label = features['label'] if 'label' in features.keys() else None
   return Splits(train, test, getattr(label, 'num_classes', None))
 
 

@@ -1,0 +1,22 @@
+"""Test setup: 8 fake CPU devices (so sharding is exercised on any machine) and shared fixtures."""
+
+import os
+
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def cnn_smoke_config():
+  """The CNN's `smoke` config: a few seconds of real Fashion-MNIST training."""
+  from configs import cnn
+  return cnn.get_config('smoke')

@@ -1,0 +1,46 @@
+"""Config validation: derived step counts, and bad values failing with a message naming them."""
+
+import jax
+import ml_collections
+import pytest
+
+from dl10_jax import config_lib
+from dl10_jax.errors import ConfigError
+from dl10_jax.train import sharding
+from configs import cnn
+
+
+def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
+  config = config_lib.finalize(cnn.get_config(), num_train_examples=60_000, num_data_devices=8)
+  assert config.num_train_steps == 4688  # ceil(5 * 60000 / 64): every example 5 times.
+  assert config.eval_every_steps == 938
+  config = cnn.get_config()
+  config.num_train_steps = 10
+  assert config_lib.finalize(config, 60_000, 1).num_train_steps == 10
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('optimizer', 'lion', "optimizer='lion' is not supported; allowed: adam, adamw, sgd"),
+    ('schedule', 'step', "schedule='step' is not supported; allowed: constant, cosine"),
+    ('dtype', 'float16', "dtype='float16' is not supported; allowed: float32, bfloat16"),
+    ('batch_size', 12, 'batch_size=12 is not divisible by the 8 devices'),
+    ('learning_rate', -1.0, 'learning_rate=-1.0 must be > 0'),
+    ('num_epochs', 0.0, 'num_epochs=0.0 must be > 0'),
+])
+def test_bad_values_name_the_field_and_what_is_allowed(field, value, message):
+  config = cnn.get_config()
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    config_lib.finalize(config, num_train_examples=60_000, num_data_devices=8)
+
+
+def test_mesh_uses_every_device_by_default_and_rejects_bad_shapes():
+  assert len(jax.devices()) == 8  # tests/conftest.py fakes 8 CPU devices.
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
+  assert dict(mesh.shape) == {'data': 8}
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'tensor': 2}))
+  assert dict(mesh.shape) == {'data': 4, 'tensor': 2}
+  with pytest.raises(ConfigError, match='does not fit 8 devices'):
+    sharding.make_mesh(ml_collections.ConfigDict({'data': 3}))
+  with pytest.raises(ConfigError, match='has no `data` axis'):
+    sharding.make_mesh(ml_collections.ConfigDict({'model': -1}))

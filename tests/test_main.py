@@ -1,0 +1,55 @@
+"""The command line: --help, overrides, and one-line errors (exit code 2, no traceback)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def _run(*args, timeout=120):
+  return subprocess.run([sys.executable, '-m', 'dl10_jax.main', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_flags():
+  result = _run('--help')
+  assert result.returncode == 0
+  assert '--config' in result.stdout and '--workdir' in result.stdout
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config', 'configs/nope.py'], "config file 'configs/nope.py' not found"),
+    (['--config', 'configs/cnn.py:tiny'], "unknown config argument 'tiny'; allowed: smoke"),
+    (['--config.optimzer=sgd'], "unknown field 'optimzer'.*fields of config: .*optimizer"),
+    (['--config.model.depth=3'], "unknown field 'model.depth'.*conv_features"),
+    (['--config.batch_size=big'], 'flag --config.batch_size=big: invalid literal for int'),
+    (['--config.model.name=vgg'], "model.name='vgg' is unknown; allowed: cnn"),
+    (['--config.dataset.name=no_such_set', '--config.dataset.source=idx'],
+     "dataset.source=idx supports only fashion_mnist, mnist, not 'no_such_set'"),
+    (['--config.batch_size=12'], 'batch_size=12 is not divisible by the 8 devices'),
+])
+def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
+  if args[0] != '--config':
+    args = ['--config', 'configs/cnn.py:smoke', *args]
+  result = _run(*args, '--workdir', str(tmp_path))
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(lines) == 1, result.stderr
+  assert __import__('re').search(message, lines[0]), lines[0]
+
+
+def test_overrides_reach_the_run(tmp_path):
+  result = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path),
+                '--config.num_train_steps=3', '--config.log_every_steps=1',
+                '--config.learning_rate=0.0005', '--config.model.dense_features=16')
+  assert result.returncode == 0, result.stderr
+  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [e['step'] for e in events if 'train_loss' in e] == [1, 2, 3]
+  assert events[0]['learning_rate'] == 0.0005
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model']['dense_features'] == 16 and saved['num_train_steps'] == 3
+  assert (tmp_path / 'tensorboard').is_dir() and any((tmp_path / 'tensorboard').iterdir())

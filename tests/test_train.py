@@ -1,0 +1,86 @@
+"""The shared training loop on real data: learning, data parallelism, resume, divergence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dl10_jax.errors import TrainingDiverged
+from dl10_jax.train.trainer import train_and_evaluate
+
+
+def _events(workdir, key):
+  """{step: value} of `key` in metrics.jsonl; a step logged twice (after a resume) keeps the last."""
+  events = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {e['step']: e[key] for e in events if key in e}
+
+
+def test_loss_falls_and_accuracy_beats_chance(cnn_smoke_config, tmp_path):
+  final = train_and_evaluate(cnn_smoke_config, tmp_path)
+  losses = list(_events(tmp_path, 'train_loss').values())
+  assert losses[-1] < 0.6 * losses[0], losses
+  assert final['eval_accuracy'] > 0.5  # 16 steps on 512 Fashion-MNIST images; chance is 0.1.
+  assert final['eval_loss'] < losses[0]
+
+
+def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
+  cnn_smoke_config.num_train_steps = 6
+  cnn_smoke_config.log_every_steps = 1
+  one = train_and_evaluate(cnn_smoke_config, tmp_path / 'one', devices=jax.devices()[:1])
+  eight = train_and_evaluate(cnn_smoke_config, tmp_path / 'eight')
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(list(_events(tmp_path / 'eight', 'train_loss').values()),
+                             list(_events(tmp_path / 'one', 'train_loss').values()), rtol=2e-5)
+  assert one['eval_accuracy'] == pytest.approx(eight['eval_accuracy'], abs=1 / 256)
+  assert one['eval_loss'] == pytest.approx(eight['eval_loss'], rel=1e-4)
+
+
+def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(cnn_smoke_config, tmp_path):
+  overrides = dict(num_train_steps=40, log_every_steps=1, checkpoint_every_steps=10,
+                   eval_every_steps=20)
+  cnn_smoke_config.update(overrides)
+  train_and_evaluate(cnn_smoke_config, tmp_path / 'reference')
+  reference = _events(tmp_path / 'reference', 'train_loss')
+
+  workdir = tmp_path / 'killed'
+  command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
+             '--workdir', str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not (workdir / 'checkpoints' / '10').is_dir() and time.time() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  killed_at = max(_events(workdir, 'train_loss'))
+  assert 10 <= killed_at < 40, 'the run must die between checkpoints for this test to mean much'
+
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert 'Resumed from the checkpoint of step' in result.stdout
+  resumed = _events(workdir, 'train_loss')
+  assert resumed == reference  # Exactly, step for step, on CPU.
+  assert _events(workdir, 'eval_accuracy') == _events(tmp_path / 'reference', 'eval_accuracy')
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert kept == [20, 30, 40]  # keep_checkpoints=3.
+
+
+def test_nan_loss_stops_the_run_naming_the_step(cnn_smoke_config, tmp_path):
+  cnn_smoke_config.learning_rate = 1e30
+  cnn_smoke_config.log_every_steps = 1
+  with pytest.raises(TrainingDiverged, match=r'train_loss became nan at step \d+'):
+    train_and_evaluate(cnn_smoke_config, tmp_path)
+
+
+def test_rerun_of_a_finished_run_only_evaluates(cnn_smoke_config, tmp_path):
+  cnn_smoke_config.num_train_steps = 4
+  first = train_and_evaluate(cnn_smoke_config, tmp_path)
+  again = train_and_evaluate(cnn_smoke_config, tmp_path)
+  assert again == {k: first[k] for k in ('eval_loss', 'eval_accuracy')}
