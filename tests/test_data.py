@@ -3,7 +3,6 @@
 import gzip
 import pathlib
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

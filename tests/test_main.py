@@ -53,3 +53,18 @@ def test_overrides_reach_the_run(tmp_path):
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model']['dense_features'] == 16 and saved['num_train_steps'] == 3
   assert (tmp_path / 'tensorboard').is_dir() and any((tmp_path / 'tensorboard').iterdir())
+
+
+def test_plot_metrics_draws_overlaid_runs(tmp_path):
+  for name, loss in (('a', 2.0), ('b', 1.5)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'metrics.jsonl').write_text('\n'.join(json.dumps(e) for e in [
+        {'step': 1, 'train_loss': loss, 'examples_per_sec': 100.0},
+        {'step': 2, 'train_loss': loss / 2, 'examples_per_sec': 120.0},
+        {'step': 2, 'eval_loss': loss, 'eval_accuracy': 0.5}]))
+  out = tmp_path / 'curves.png'
+  result = subprocess.run([sys.executable, 'scripts/plot_metrics.py', str(tmp_path / 'a'),
+                           str(tmp_path / 'b'), '--out', str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000

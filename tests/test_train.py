@@ -1,7 +1,6 @@
 """The shared training loop on real data: learning, data parallelism, resume, divergence."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

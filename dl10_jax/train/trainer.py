@@ -7,33 +7,37 @@ asynchronously, so the next batch is read while the device runs the current step
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from dl10_jax import config_lib, data, models
 from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train import make_objective, optim, sharding
 from dl10_jax.train.checkpoint import Checkpointer
+from dl10_jax.train.objective import Objective
+from dl10_jax.train.state import TrainState
 from dl10_jax.train.writer import MetricWriter
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def evaluate(objective, eval_step, state, source, config, mesh) -> dict[str, float]:
+def evaluate(exp: 'Experiment', state: TrainState) -> dict[str, float]:
   """One pass over the eval split; sums stay on the device until the end."""
   totals = None
-  for batch in data.eval_batches(source, config.eval_batch_size):
-    sums = eval_step(state, sharding.to_global(batch, mesh))
+  for batch in data.eval_batches(exp.splits.eval, exp.config.eval_batch_size):
+    sums = exp.eval_step(state, sharding.to_global(batch, exp.mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
+  return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
 def _check_finite(history: list[dict[str, float]], first_step: int, key: str) -> None:
@@ -43,10 +47,28 @@ def _check_finite(history: list[dict[str, float]], first_step: int, key: str) ->
                              'learning_rate, enable grad_clip_norm, or use dtype=float32')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       devices: list[Any] | None = None) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
-  workdir = pathlib.Path(workdir)
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything built from a config before the loop: shared by training and the benchmarks."""
+  config: ml_collections.ConfigDict  # Finalized: derived fields resolved.
+  mesh: jax.sharding.Mesh
+  splits: data.Splits
+  objective: Objective
+  schedule: optax.Schedule
+  init: Callable[[jax.Array, Any], TrainState]  # (rng, batch) -> replicated state, jitted.
+  abstract_state: TrainState  # Shapes, dtypes and shardings of the state.
+  train_step: Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]
+  eval_step: Callable[[TrainState, Any], dict[str, jax.Array]]
+
+  def example_batch(self) -> Any:
+    """A global batch of the training batch size, to trace shapes."""
+    return sharding.to_global(next(data.eval_batches(self.splits.eval, self.config.batch_size)),
+                              self.mesh)
+
+
+def build_experiment(config: ml_collections.ConfigDict,
+                     devices: list[Any] | None = None) -> Experiment:
+  """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`."""
   mesh = sharding.make_mesh(config.mesh, devices)
   splits = data.load(config.dataset)
   config = config_lib.finalize(config, len(splits.train), mesh.shape['data'])
@@ -54,38 +76,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       splits.num_classes:
     raise ConfigError(f'model.num_classes={config.model.num_classes} but dataset '
                       f'{config.dataset.name!r} has {splits.num_classes} classes')
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-
-  # Model and objective.
-  model = models.build(config.model, DTYPES[config.dtype])
-  objective = make_objective(config, model)
+  objective = make_objective(config, models.build(config.model, DTYPES[config.dtype]))
   tx = optim.make_optimizer(config)
-  schedule = optim.learning_rate_schedule(config)
 
-  # Data: an endless, checkpointable training iterator.
-  train_iter = data.train_iterator(splits.train, config.batch_size, config.seed,
-                                   config.dataset.prefetch)
-  example = sharding.to_global(next(data.eval_batches(splits.eval, config.batch_size)), mesh)
-
-  # State: shapes from eval_shape, replicated on the mesh; restored if the workdir has a checkpoint.
+  # State: replicated on the mesh; shapes from eval_shape, so nothing is allocated twice.
   replicated = sharding.replicated(mesh)
-  init = jax.jit(lambda rng, batch: objective.init_state(rng, batch, tx),
-                 out_shardings=replicated)
-  abstract_state = jax.eval_shape(init, jax.random.PRNGKey(config.seed), example)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  start_step = checkpointer.latest_step()
-  if start_step is None:
-    state = init(jax.random.PRNGKey(config.seed), example)
-    start_step = 0
-  else:
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
-        state_sharding)
-    state, data_state = checkpointer.restore(start_step, abstract)
-    train_iter.set_state(data_state)
+  init = jax.jit(lambda rng, batch: objective.init_state(rng, batch, tx), out_shardings=replicated)
+  example = sharding.to_global(next(data.eval_batches(splits.eval, config.batch_size)), mesh)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed), example)
+  state_sharding = jax.tree.map(lambda _: replicated, shapes)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                shapes, state_sharding)
 
   # Compiled steps: the state's buffers are donated, so an update happens in place.
   batch_sharding = sharding.batch_sharding(mesh)
@@ -93,6 +94,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(objective.eval_step, in_shardings=(state_sharding, batch_sharding),
                       out_shardings=replicated)
+  return Experiment(config, mesh, splits, objective, optim.learning_rate_schedule(config), init,
+                    abstract_state, train_step, eval_step)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       devices: list[Any] | None = None) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
+  workdir = pathlib.Path(workdir)
+  exp = build_experiment(config, devices)
+  config, mesh, objective = exp.config, exp.mesh, exp.objective
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+  # Data: an endless, checkpointable training iterator; state fresh or restored with its position.
+  train_iter = data.train_iterator(exp.splits.train, config.batch_size, config.seed,
+                                   config.dataset.prefetch)
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  start_step = checkpointer.latest_step()
+  if start_step is None:
+    state, start_step = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch()), 0
+  else:
+    state, data_state = checkpointer.restore(start_step, exp.abstract_state)
+    train_iter.set_state(data_state)
 
   writer = MetricWriter(workdir)
   num_steps = config.num_train_steps
@@ -107,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   try:
     for step in range(start_step + 1, num_steps + 1):
       batch = sharding.to_global(next(train_iter), mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = exp.train_step(state, batch)
       pending.append(metrics)
       if step == start_step + 1:  # The first step compiles: start the throughput clock after it.
         jax.block_until_ready(metrics)
@@ -119,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         now = time.perf_counter()
         steps_per_sec = (step - timer_step) / (now - timer_start) if step > timer_step else 0.0
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-        summary.update(learning_rate=float(schedule(step - 1)), steps_per_sec=steps_per_sec,
+        summary.update(learning_rate=float(exp.schedule(step - 1)), steps_per_sec=steps_per_sec,
                        examples_per_sec=steps_per_sec * config.batch_size)
         writer.write(step, summary)
         bar.set_postfix(loss=f'{summary[objective.loss_metric]:.4f}',
@@ -128,19 +153,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         final.update(summary)
         pending, last_log_step, timer_step, timer_start = [], step, step, now
 
+      paused = time.perf_counter()  # Eval and checkpoint time is kept out of the throughput.
       if step % config.eval_every_steps == 0 or step == num_steps:
-        eval_start = time.perf_counter()
-        eval_metrics = evaluate(objective, eval_step, state, splits.eval, config, mesh)
+        eval_metrics = evaluate(exp, state)
         writer.write(step, eval_metrics)
         bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
         final.update(eval_metrics)
-        timer_start += time.perf_counter() - eval_start
-
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         checkpointer.save(step, state, train_iter.get_state())
+      timer_start += time.perf_counter() - paused
 
     if start_step >= num_steps:  # Already trained: report the final model again.
-      final.update(evaluate(objective, eval_step, state, splits.eval, config, mesh))
+      final.update(evaluate(exp, state))
   finally:
     bar.close()
     checkpointer.close()
