@@ -1,5 +1,8 @@
 """Seed algorithm 1: the CNN on Fashion-MNIST (offline default), Adam, batch 64, 5 epochs.
 
+The seed's recipe with one addition: the learning rate decays to 0 on a cosine over the 5 epochs
+(measured: 92.8% test accuracy vs 92.1% with the seed's constant rate; experiments/cnn/README.md).
+
   python -m dl10_jax.main --config configs/cnn.py --workdir runs/cnn
   python -m dl10_jax.main --config configs/cnn.py --workdir runs/cnn_mnist \
       --config.dataset.name=mnist          # TFDS mnist (or IDX files via dataset.data_dir)
@@ -16,12 +19,14 @@ def get_config(arg: str | None = None):
   config.model.conv_features = (32, 64)
   config.model.dense_features = 128
   config.model.conv_impl = 'auto'  # patches on CPU, XLA's convolution on GPU/TPU.
+  config.model.conv_microbatch = -1  # auto: conv tower in cache-sized chunks on the CPU path.
 
   config.dataset.name = 'fashion_mnist'
   config.batch_size = 64
   config.num_epochs = 5
   config.optimizer = 'adam'
   config.learning_rate = 1e-3
+  config.schedule = 'cosine'
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
 

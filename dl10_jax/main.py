@@ -23,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     '"smoke" to get_config). Override any field with --config.field=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and '
                                'TensorBoard files; rerunning in the same directory resumes.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first: '
+                                 'one process per host on multi-host systems (Cloud TPU pods).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -85,7 +87,10 @@ def main(argv: list[str]) -> None:
     _fail(f'unexpected arguments {argv[1:]}; every setting is a --config.field=value override')
   if not flags.FLAGS['verbosity'].present:  # orbax and XLA log every save at INFO.
     logging.set_verbosity(logging.WARNING)
-  from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
+  import jax  # Heavy imports after flag parsing.
+  from dl10_jax.train.trainer import train_and_evaluate
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   try:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

@@ -45,7 +45,8 @@ def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
 def test_overrides_reach_the_run(tmp_path):
   result = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path),
                 '--config.num_train_steps=3', '--config.log_every_steps=1',
-                '--config.learning_rate=0.0005', '--config.model.dense_features=16')
+                '--config.learning_rate=0.0005', '--config.schedule=constant',
+                '--config.model.dense_features=16')
   assert result.returncode == 0, result.stderr
   events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [e['step'] for e in events if 'train_loss' in e] == [1, 2, 3]

@@ -13,7 +13,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.models.layers import Conv2D, max_pool_2x2
+from dl10_jax.models.layers import Conv2D, auto_microbatch, max_pool_2x2, microbatched
+
+
+class ConvTower(nn.Module):
+  """The convolutional feature extractor: [B, 28, 28, 1] -> [B, 12, 12, 64]."""
+  conv_features: tuple[int, ...]
+  conv_impl: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for features in self.conv_features:
+      x = nn.relu(Conv2D(features, (3, 3), impl=self.conv_impl, dtype=self.dtype)(x))
+    return max_pool_2x2(x)
 
 
 class CNN(nn.Module):
@@ -21,15 +34,15 @@ class CNN(nn.Module):
   conv_features: tuple[int, ...] = (32, 64)
   dense_features: int = 128
   conv_impl: str = 'auto'  # auto | xla | patches (see models/layers.py)
+  conv_microbatch: int = -1  # Examples per chunk of the conv tower; -1 auto, 0 off (layers.py).
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch-norm in the seed recipe.
-    for features in self.conv_features:
-      x = nn.relu(Conv2D(features, (3, 3), impl=self.conv_impl, dtype=self.dtype)(x))
-    x = max_pool_2x2(x)  # [B, 12, 12, 64] for 28x28 inputs.
-    x = x.reshape(x.shape[0], -1)
+    tower = ConvTower(self.conv_features, self.conv_impl, self.dtype, name='features')
+    x = microbatched(tower, x, auto_microbatch(self.conv_impl, self.conv_microbatch))
+    x = x.reshape(x.shape[0], -1)  # [B, 12 * 12 * 64] for 28x28 inputs.
     x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return x.astype(jnp.float32)  # [B, num_classes]; the loss is computed in float32.

@@ -18,6 +18,13 @@ from jax import lax
 CONV_IMPLS = ('auto', 'xla', 'patches')
 
 
+def auto_microbatch(conv_impl: str, microbatch: int) -> int:
+  """-1 (auto): chunks of 16 examples for the CPU im2col path, none for XLA's convolution."""
+  if microbatch == -1:
+    return 16 if resolve_conv_impl(conv_impl) == 'patches' else 0
+  return microbatch
+
+
 def resolve_conv_impl(impl: str) -> str:
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
@@ -65,12 +72,53 @@ class Conv2D(nn.Module):
     return conv2d(x, kernel, self.impl) + bias
 
 
+def microbatched(module: nn.Module, x: jax.Array, microbatch: int) -> jax.Array:
+  """`module(x)`, computed over sequential chunks of `microbatch` examples, rematerialized.
+
+  Why: on CPU the im2col activations of a whole batch (tens of MB) overflow the caches, and the
+  step becomes memory-bound; chunks of ~16 images stay in cache, and recomputing their forward in
+  the backward pass is cheaper than storing it. Parameters are shared across chunks (the same
+  tree as `module(x)`), so checkpoints do not depend on this setting. Chunk k holds examples
+  k, k + n, k + 2n, ... so a batch sharded over devices stays sharded.
+  """
+  b = x.shape[0]
+  if microbatch <= 0 or b % microbatch or b == microbatch:
+    return module(x)
+  xs = x.reshape(microbatch, b // microbatch, *x.shape[1:])  # [mb, chunks, ...]
+  scan = nn.scan(nn.remat(lambda mdl, carry, chunk: (carry, mdl(chunk))),
+                 variable_broadcast='params', split_rngs={'params': False}, in_axes=1, out_axes=1)
+  _, ys = scan(module, None, xs)
+  return ys.reshape(b, *ys.shape[2:])
+
+
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling, stride 2, VALID ([B, H, W, C] -> [B, H//2, W//2, C]) as reshape + max.
 
-  Equal to `nn.max_pool(x, (2, 2), (2, 2))` in value; in gradient too unless a window holds tied
-  maxima (then the gradient is shared among them rather than given to the first).
+  Equal to `nn.max_pool(x, (2, 2), (2, 2))` in value, and in gradient unless a window holds tied
+  maxima (each tied maximum then gets the full gradient; after a ReLU, ties are zeros whose
+  gradient the ReLU blocks anyway). Its backward is one select, not XLA's select-and-scatter,
+  which is slow on CPU.
   """
+  return _max_pool_2x2_fwd(x)[0]
+
+
+def _windows(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_2x2_fwd(x):
+  windows = _windows(x)  # [B, H/2, 2, W/2, 2, C]
+  y = windows.max(axis=(2, 4))
+  return y, (windows == y[:, :, None, :, None, :], x.shape)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+  is_max, shape = residuals
+  b, h2, _, w2, _, c = is_max.shape
+  dx = jnp.where(is_max, g[:, :, None, :, None, :], 0).reshape(b, 2 * h2, 2 * w2, c)
+  return (jnp.pad(dx, ((0, 0), (0, shape[1] - 2 * h2), (0, shape[2] - 2 * w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
