@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective = 'classification'  # Which part of dl10_jax.train supplies loss, metrics and eval.
 
   c.batch_size = 64  # Global batch, split over every device of the mesh's `data` axis.
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024  # A multiple of common device counts and of the CNN's CPU chunk.
   c.num_epochs = 1.0  # Used when num_train_steps is -1.
   c.num_train_steps = -1
 
@@ -95,7 +95,7 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.eval_every_steps == -1:
     c.eval_every_steps = steps_per_epoch
   _positive('eval_every_steps', c.eval_every_steps)
-  if c.warmup_steps < 0 or c.warmup_steps >= c.num_train_steps and c.schedule == 'warmup_cosine':
+  if c.warmup_steps < 0 or (c.schedule == 'warmup_cosine' and c.warmup_steps >= c.num_train_steps):
     raise ConfigError(f'warmup_steps={c.warmup_steps} must be in [0, num_train_steps='
                       f'{c.num_train_steps})')
   return c

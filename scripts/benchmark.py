@@ -6,8 +6,9 @@
 
 Reports steps/s, examples/s and model FLOP/s (from the compiled step's XLA cost analysis) as a
 fraction of the measured float32 matmul peak; with --torch, the same model and optimizer in PyTorch
-timed in the same run, and the ratio. Batches are real training batches already on the device, so
-this measures the step, not the input pipeline. Appends a table to experiments/benchmarks.md.
+timed in the same run, and the ratio. The step is timed on real training batches already on the
+device, then again fed by the grain pipeline as in training. Appends a table to
+experiments/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -110,10 +111,18 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
       state, metrics = exp.train_step(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
 
+  def run_fed(n):  # The same steps, fed by the grain pipeline as in training.
+    nonlocal state
+    for _ in range(n):
+      state, metrics = exp.train_step(state, sharding.to_global(next(it), exp.mesh))
+    jax.block_until_ready(metrics)
+
   run(warmup)
   seconds = best_time(lambda: run(steps), repeats) / steps
+  fed_seconds = best_time(lambda: run_fed(steps), repeats) / steps
   return {'steps_per_sec': 1 / seconds,
           'examples_per_sec': exp.config.batch_size / seconds,
+          'fed_examples_per_sec': exp.config.batch_size / fed_seconds,
           'flops_per_sec': flops / seconds}
 
 
@@ -188,28 +197,31 @@ def main(argv):
     r = jax_step_throughput(apply_overrides(config, variant), _STEPS.value, _WARMUP.value,
                             _REPEATS.value)
     label = f'jax {variant}' if variant else 'jax (config as given)'
-    rows.append((label, r['steps_per_sec'], r['examples_per_sec'], r['flops_per_sec']))
+    rows.append((label, r['steps_per_sec'], r['examples_per_sec'], r['fed_examples_per_sec'],
+                 r['flops_per_sec']))
     print(f'{label}: {r["examples_per_sec"]:.0f} examples/s, '
           f'{r["flops_per_sec"] / 1e9:.1f} GFLOP/s ({r["flops_per_sec"] / peak:.1%} of peak)')
 
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   lines = [f'\n## {config.model.name}: {date}\n',
            f'Device: {device}; jax {jax.__version__}; batch {config.batch_size}, '
-           f'dtype {config.dtype}; best of {_REPEATS.value} x {_STEPS.value} steps.',
+           f'dtype {config.dtype}; best of {_REPEATS.value} x {_STEPS.value} steps' +
+           (f'; GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}' if 'GLIBC_TUNABLES' in os.environ
+            else '') + '.',
            f'float32 matmul peak (2048^3): jax {peak / 1e9:.0f} GFLOP/s' +
            (f', torch {torch_result["matmul_flops"] / 1e9:.0f} GFLOP/s' if torch_result else '') +
            '.\n',
-           '| implementation | steps/s | examples/s | model GFLOP/s | of matmul peak |' +
-           (' vs PyTorch |' if torch_result else ''),
-           '|---|---|---|---|---|' + ('---|' if torch_result else '')]
-  for label, sps, eps, fps in rows:
+           '| implementation | steps/s | examples/s | examples/s fed by grain | model GFLOP/s | '
+           'of matmul peak |' + (' vs PyTorch |' if torch_result else ''),
+           '|---|---|---|---|---|---|' + ('---|' if torch_result else '')]
+  for label, sps, eps, fed, fps in rows:
     ratio = f' {eps / torch_result["examples_per_sec"]:.2f}x |' if torch_result else ''
-    lines.append(f'| {label} | {sps:.1f} | {eps:.0f} | {fps / 1e9:.1f} | {fps / peak:.1%} |'
-                 + ratio)
+    lines.append(f'| {label} | {sps:.1f} | {eps:.0f} | {fed:.0f} | {fps / 1e9:.1f} | '
+                 f'{fps / peak:.1%} |' + ratio)
   if torch_result:
     lines.append(f'| torch {__import__("torch").__version__} | '
                  f'{torch_result["steps_per_sec"]:.1f} | {torch_result["examples_per_sec"]:.0f} '
-                 '| | | 1.00x |')
+                 '| | | | 1.00x |')
   out = pathlib.Path(_OUT.value)
   if not out.exists():
     out.write_text('# Benchmarks\n\nWritten by `scripts/benchmark.py`; newest last.\n')

@@ -1,6 +1,12 @@
-"""Test setup: 8 fake CPU devices (so sharding is exercised on any machine) and shared fixtures."""
+"""Test setup: 8 fake CPU devices (so sharding is exercised on any machine) and shared fixtures.
+
+Set in the environment, so that the subprocesses of the CLI tests inherit them too.
+"""
 
 import os
+
+# Implicit rank promotion hides shape bugs (a [B] + [B, 1] that broadcasts to [B, B]).
+os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
 
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

@@ -21,7 +21,9 @@ def _events(workdir, key):
   return {e['step']: e[key] for e in events if key in e}
 
 
-def test_loss_falls_and_accuracy_beats_chance(cnn_smoke_config, tmp_path):
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_loss_falls_and_accuracy_beats_chance(cnn_smoke_config, tmp_path, dtype):
+  cnn_smoke_config.dtype = dtype
   final = train_and_evaluate(cnn_smoke_config, tmp_path)
   losses = list(_events(tmp_path, 'train_loss').values())
   assert losses[-1] < 0.6 * losses[0], losses

@@ -69,7 +69,7 @@ class Conv2D(nn.Module):
       x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     elif self.padding != 'VALID':
       raise ValueError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
-    return conv2d(x, kernel, self.impl) + bias
+    return conv2d(x, kernel, self.impl) + bias.reshape((1,) * (x.ndim - 1) + (-1,))
 
 
 def microbatched(module: nn.Module, x: jax.Array, microbatch: int) -> jax.Array:
