@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from dl10_jax.errors import TrainingDiverged
+from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train.trainer import train_and_evaluate
 
 
@@ -85,3 +85,11 @@ def test_rerun_of_a_finished_run_only_evaluates(cnn_smoke_config, tmp_path):
   first = train_and_evaluate(cnn_smoke_config, tmp_path)
   again = train_and_evaluate(cnn_smoke_config, tmp_path)
   assert again == {k: first[k] for k in ('eval_loss', 'eval_accuracy')}
+
+
+def test_resuming_with_an_incompatible_model_fails_clearly(cnn_smoke_config, tmp_path):
+  cnn_smoke_config.num_train_steps = 2
+  train_and_evaluate(cnn_smoke_config, tmp_path)
+  cnn_smoke_config.model.dense_features = 32
+  with pytest.raises(ConfigError, match='checkpoint of step 2 .* does not fit this config'):
+    train_and_evaluate(cnn_smoke_config, tmp_path)

@@ -14,6 +14,8 @@ import grain
 import jax
 import numpy as np
 
+from dl10_jax.errors import ConfigError
+
 Batch = dict[str, np.ndarray]
 
 
@@ -27,7 +29,8 @@ def scale_images(batch: Batch) -> Batch:
 def _local_batch_size(global_batch_size: int) -> int:
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f'batch size {global_batch_size} is not divisible by {count} processes')
+    raise ConfigError(f'batch size {global_batch_size} is not divisible by the {count} processes; '
+                      f'use a multiple of {count}')
   return global_batch_size // count
 
 

@@ -2,8 +2,9 @@
 
 XLA's native convolution is the right choice on GPU and TPU, but its CPU path (Eigen) is several
 times slower than an explicit im2col + one matmul for the small convolutions of these models, and the
-backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend;
-both implementations have the same parameters and are tested equal (tests/test_layers.py).
+backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend,
+and `microbatched` keeps the CPU path's im2col tensors in cache; every variant has the same
+parameters and is tested equal to XLA's ops (tests/test_layers.py, tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from dl10_jax.errors import ConfigError
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
 
@@ -27,7 +30,7 @@ def auto_microbatch(conv_impl: str, microbatch: int) -> int:
 
 def resolve_conv_impl(impl: str) -> str:
   if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
+    raise ConfigError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
   if impl == 'auto':
     return 'patches' if jax.default_backend() == 'cpu' else 'xla'
   return impl
@@ -68,7 +71,7 @@ class Conv2D(nn.Module):
     if self.padding == 'SAME':
       x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     elif self.padding != 'VALID':
-      raise ValueError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
+      raise ConfigError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
     return conv2d(x, kernel, self.impl) + bias.reshape((1,) * (x.ndim - 1) + (-1,))
 
 

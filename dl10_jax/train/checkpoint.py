@@ -9,7 +9,14 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+
+def _path(key_path: tuple[Any, ...]) -> str:
+  """'params/Dense_0/kernel' for a key path of attributes, dict keys or indices alike."""
+  return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                  for k in key_path)
 
 
 class Checkpointer:
@@ -17,8 +24,9 @@ class Checkpointer:
   def __init__(self, workdir: str | pathlib.Path, keep: int):
     directory = pathlib.Path(workdir).absolute() / 'checkpoints'
     self._manager = ocp.CheckpointManager(
-        directory, item_names=('state', 'data'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -27,6 +35,19 @@ class Checkpointer:
     """Starts an asynchronous save; arrays are copied off the device before this returns."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+  def mismatch(self, step: int, abstract_state: Any) -> str | None:
+    """The first array whose saved shape differs from `abstract_state`'s, or None if all fit."""
+    saved = self._manager.item_metadata(step)['state']
+    flat_saved = {_path(p): getattr(x, 'shape', None)
+                  for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+      key = _path(p)
+      if key not in flat_saved:
+        return f'{key} is not in the checkpoint'
+      if tuple(flat_saved[key]) != tuple(x.shape):
+        return f'{key} has shape {tuple(flat_saved[key])} there but {tuple(x.shape)} here'
+    return None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores into the shapes, dtypes and shardings of `abstract_state`."""

@@ -31,15 +31,6 @@ from dl10_jax.train.writer import MetricWriter
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def evaluate(exp: 'Experiment', state: TrainState) -> dict[str, float]:
-  """One pass over the eval split; sums stay on the device until the end."""
-  totals = None
-  for batch in data.eval_batches(exp.splits.eval, exp.config.eval_batch_size):
-    sums = exp.eval_step(state, sharding.to_global(batch, exp.mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
-
-
 def _check_finite(history: list[dict[str, float]], first_step: int, key: str) -> None:
   for i, metrics in enumerate(history):
     if not math.isfinite(metrics[key]):
@@ -61,9 +52,12 @@ class Experiment:
   eval_step: Callable[[TrainState, Any], dict[str, jax.Array]]
 
   def example_batch(self) -> Any:
-    """A global batch of the training batch size, to trace shapes."""
-    return sharding.to_global(next(data.eval_batches(self.splits.eval, self.config.batch_size)),
-                              self.mesh)
+    return _example_batch(self.splits, self.config.batch_size, self.mesh)
+
+
+def _example_batch(splits: data.Splits, batch_size: int, mesh: jax.sharding.Mesh) -> Any:
+  """A global batch of the training batch size, to trace shapes."""
+  return sharding.to_global(next(data.eval_batches(splits.eval, batch_size)), mesh)
 
 
 def build_experiment(config: ml_collections.ConfigDict,
@@ -82,8 +76,8 @@ def build_experiment(config: ml_collections.ConfigDict,
   # State: replicated on the mesh; shapes from eval_shape, so nothing is allocated twice.
   replicated = sharding.replicated(mesh)
   init = jax.jit(lambda rng, batch: objective.init_state(rng, batch, tx), out_shardings=replicated)
-  example = sharding.to_global(next(data.eval_batches(splits.eval, config.batch_size)), mesh)
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed), example)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
+                          _example_batch(splits, config.batch_size, mesh))
   state_sharding = jax.tree.map(lambda _: replicated, shapes)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, state_sharding)
@@ -96,6 +90,15 @@ def build_experiment(config: ml_collections.ConfigDict,
                       out_shardings=replicated)
   return Experiment(config, mesh, splits, objective, optim.learning_rate_schedule(config), init,
                     abstract_state, train_step, eval_step)
+
+
+def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
+  """One pass over the eval split; sums stay on the device until the end."""
+  totals = None
+  for batch in data.eval_batches(exp.splits.eval, exp.config.eval_batch_size):
+    sums = exp.eval_step(state, sharding.to_global(batch, exp.mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -116,6 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if start_step is None:
     state, start_step = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch()), 0
   else:
+    mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
+    if mismatch:
+      raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
+                        f'({mismatch}); use a new --workdir or the config it was trained with')
     state, data_state = checkpointer.restore(start_step, exp.abstract_state)
     train_iter.set_state(data_state)
 
