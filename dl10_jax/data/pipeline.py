@@ -14,6 +14,7 @@ import grain
 import jax
 import numpy as np
 
+from dl10_jax.data.sources import read_batch
 from dl10_jax.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -34,12 +35,20 @@ def _local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // count
 
 
+def _batches(source: Sequence[Any], indices: grain.MapDataset, local_batch_size: int,
+             drop_remainder: bool, preprocess: Callable[[Batch], Batch]) -> grain.MapDataset:
+  """Shards record indices by process, batches them, then reads each batch in one go."""
+  indices = indices[jax.process_index()::jax.process_count()]
+  return indices.batch(local_batch_size, drop_remainder=drop_remainder).map(
+      lambda idx: preprocess(read_batch(source, idx)))
+
+
 def train_iterator(source: Sequence[Any], global_batch_size: int, seed: int, prefetch: int,
                    preprocess: Callable[[Batch], Batch] = scale_images) -> grain.DatasetIterator:
   """An endless iterator of local batches, reshuffled every epoch, checkpointable."""
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.batch(_local_batch_size(global_batch_size), drop_remainder=True).map(preprocess)
+  # Shuffling indices rather than records keeps per-example Python work to an integer.
+  indices = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  ds = _batches(source, indices, _local_batch_size(global_batch_size), True, preprocess)
   # One reader thread prepares the next batches while the device runs the current step.
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(prefetch, 1))
   return iter(ds.to_iter_dataset(options))
@@ -53,8 +62,7 @@ def eval_batches(source: Sequence[Any], global_batch_size: int,
   """
   local_size = _local_batch_size(global_batch_size)
   num_batches = math.ceil(len(source) / global_batch_size)
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  ds = ds.batch(local_size, drop_remainder=False).map(preprocess)
+  ds = _batches(source, grain.MapDataset.range(len(source)), local_size, False, preprocess)
   template = None
   for i in range(num_batches):
     batch = ds[i] if i < len(ds) else None

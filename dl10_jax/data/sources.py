@@ -2,7 +2,8 @@
 
 A source is anything with `__len__` and `__getitem__` returning a dict of numpy values (grain's
 `RandomAccessDataSource` protocol). Image classification records are
-`{'image': uint8[H, W, C], 'label': int}`.
+`{'image': uint8[H, W, C], 'label': int}`. A source may also offer `read_batch(indices)`, which the
+pipeline then uses to read a whole batch in one vectorized call.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ IDX_DATASETS = ('fashion_mnist', 'mnist')
 SOURCES = ('auto', 'idx', 'tfds')
 
 
+def read_batch(source: Sequence[Any], indices: np.ndarray) -> dict[str, np.ndarray]:
+  """The records at `indices`, stacked; one vectorized read when the source offers it."""
+  if hasattr(source, 'read_batch'):
+    return source.read_batch(indices)
+  records = [source[int(i)] for i in indices]
+  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
+
+
 class ArraySource:
-  """A dict of equally long arrays, served one record at a time."""
+  """A dict of equally long arrays, read by record or, vectorized, by a batch of indices."""
 
   def __init__(self, arrays: dict[str, np.ndarray]):
     self._arrays = arrays
@@ -32,6 +41,9 @@ class ArraySource:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     return {k: v[i] for k, v in self._arrays.items()}
+
+  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[indices] for k, v in self._arrays.items()}
 
 
 class LimitedSource:
@@ -47,6 +59,9 @@ class LimitedSource:
     if not 0 <= i < self._len:
       raise IndexError(i)
     return self._source[i]
+
+  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return read_batch(self._source, indices)
 
 
 @dataclasses.dataclass(frozen=True)
