@@ -6,11 +6,12 @@ STAMP := .setup-done
 
 .PHONY: setup run test bench clean
 
-# Installs pinned requirements into the active Python, and the offline Fashion-MNIST data
-# (Debian package) when apt is available. Idempotent: skipped when nothing changed.
+# Installs pinned requirements into the active Python (again only when they change), then checks
+# for the offline Fashion-MNIST data and installs its Debian package where apt is available.
 setup: $(STAMP)
-$(STAMP): requirements.txt requirements-dev.txt scripts/setup.sh
-	bash scripts/setup.sh $(PYTHON)
+	@bash scripts/setup_data.sh
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	@touch $(STAMP)
 
 run: setup

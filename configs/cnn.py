@@ -9,10 +9,12 @@ The seed's recipe with one addition: the learning rate decays to 0 on a cosine o
   python -m dl10_jax.main --config configs/cnn.py:smoke --workdir /tmp/cnn_smoke   # seconds
 """
 
+import ml_collections
+
 from dl10_jax.config_lib import base_config
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
   config.model.name = 'cnn'
   config.model.num_classes = 10

@@ -80,6 +80,15 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   _positive('batch_size', c.batch_size)
   _positive('eval_batch_size', c.eval_batch_size)
   _positive('learning_rate', c.learning_rate)
+  if not math.isfinite(c.learning_rate):
+    raise ConfigError(f'learning_rate={c.learning_rate!r} must be finite')
+  if not 0 <= c.seed < 2**32:
+    raise ConfigError(f'seed={c.seed!r} must be in [0, 2**32)')
+  if c.grad_clip_norm < 0:
+    raise ConfigError(f'grad_clip_norm={c.grad_clip_norm!r} must be >= 0 (0 disables clipping)')
+  if c.warmup_steps and c.schedule != 'warmup_cosine':
+    raise ConfigError(f'warmup_steps={c.warmup_steps} needs schedule=warmup_cosine, not '
+                      f'{c.schedule!r}')
   _positive('log_every_steps', c.log_every_steps)
   _positive('checkpoint_every_steps', c.checkpoint_every_steps)
   _positive('keep_checkpoints', c.keep_checkpoints)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,7 +34,7 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _load_config(config_arg: str):
+def _load_config(config_arg: str) -> Any:
   """Loads `path[:arg]` the way config_flags does, to explain a failed override."""
   path, _, arg = config_arg.partition(':')
   spec = importlib.util.spec_from_file_location('_dl10_config', path)
@@ -77,8 +78,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     _fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')  # The config's own error.
-  except (AttributeError, KeyError):  # ml_collections: an override names a field that is absent.
-    _fail(_explain_override(argv, config_arg) or f'bad --config override in {argv[1:]}')
+  except (AttributeError, KeyError) as e:  # ml_collections: an override names an absent field.
+    try:
+      explanation = _explain_override(argv, config_arg)
+    except Exception:  # The config file itself is broken: report the original error.
+      explanation = None
+    _fail(explanation or f'cannot load config {config_arg!r}: {type(e).__name__}: {e}')
+  except Exception as e:  # A config file that does not import or has no get_config().
+    _fail(f'cannot load config {config_arg!r}: {type(e).__name__}: {e}')
   return []
 
 
@@ -95,6 +102,8 @@ def main(argv: list[str]) -> None:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except OSError as e:  # An unusable --workdir (a file, no permission, ...).
+    _fail(f'cannot use --workdir {_WORKDIR.value!r}: {e.strerror or e}')
   logging.info('Final metrics: %s', metrics)
   print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 

@@ -89,7 +89,8 @@ def step_flops(config) -> float:
   batch = exp.example_batch()
   state = jax.eval_shape(exp.init, jax.random.PRNGKey(0), batch)
   cost = exp.train_step.lower(state, batch).compile().cost_analysis()
-  return (cost[0] if isinstance(cost, list) else cost).get('flops', float('nan'))
+  per_device = (cost[0] if isinstance(cost, list) else cost).get('flops', float('nan'))
+  return per_device * exp.mesh.size  # The cost analysis is of one device's partition.
 
 
 def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
@@ -228,7 +229,8 @@ def main(argv):
     lines.append(f'| {label} | {sps:.1f} | {eps:.0f} | {fed:.0f} | {fps / 1e9:.1f} | '
                  f'{fps / peak:.1%} |' + ratio)
   if torch_result:
-    lines.append(f'| torch {__import__("torch").__version__} | '
+    import torch
+    lines.append(f'| torch {torch.__version__} | '
                  f'{torch_result["steps_per_sec"]:.1f} | {torch_result["examples_per_sec"]:.0f} '
                  '| | | | 1.00x |')
   out = pathlib.Path(_OUT.value)

@@ -32,7 +32,10 @@ def read_metrics(workdir: pathlib.Path) -> dict[str, tuple[list[int], list[float
     raise SystemExit(f'error: {path} not found; pass the --workdir of a run')
   latest: dict[str, dict[int, float]] = {}
   for line in path.read_text().splitlines():
-    event = json.loads(line)
+    try:
+      event = json.loads(line)
+    except json.JSONDecodeError:  # A line cut short when a run was killed.
+      continue
     for key, value in event.items():
       if key != 'step':
         latest.setdefault(key, {})[event['step']] = value

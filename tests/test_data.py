@@ -3,6 +3,7 @@
 import gzip
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -119,3 +120,23 @@ def test_eval_batches_pad_and_mask_the_last_batch():
   assert [b['mask'].sum() for b in batches] == [4, 4, 2]
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches])[:10], np.arange(10))
   assert batches[0]['image'].max() == 1.0  # uint8 pixels scaled to [0, 1].
+
+
+def test_hosts_split_each_global_batch_and_stay_in_lockstep_in_eval(monkeypatch):
+  """With 2 processes, each reads half of every global batch; eval passes have equal lengths."""
+  source = sources.ArraySource({'label': np.arange(50)})
+  single = pipeline.train_iterator(source, 8, seed=1, prefetch=1)
+  want = [sorted(next(single)['label']) for _ in range(10)]
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  local, evals = [], []
+  for host in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda host=host: host)
+    it = pipeline.train_iterator(source, 8, seed=1, prefetch=1)
+    local.append([next(it)['label'] for _ in range(10)])
+    evals.append(list(pipeline.eval_batches(sources.ArraySource({'label': np.arange(11)}), 4)))
+  for step in range(10):
+    assert local[0][step].shape == local[1][step].shape == (4,)
+    assert sorted(np.concatenate([local[0][step], local[1][step]])) == want[step]
+  assert len(evals[0]) == len(evals[1]) == 3  # ceil(11 / 4) on every host.
+  seen = [int(l) for batches in evals for b in batches for l, m in zip(b['label'], b['mask']) if m]
+  assert sorted(seen) == list(range(11))

@@ -46,3 +46,12 @@ def test_max_pool_2x2_matches_flax(shape):
   cotangent = jax.random.normal(jax.random.PRNGKey(1), pool(x).shape)
   grad = lambda f: jax.vjp(f, x)[1](cotangent)[0]
   np.testing.assert_array_equal(grad(layers.max_pool_2x2), grad(pool))
+
+
+def test_max_pool_2x2_gradient_goes_to_the_first_of_tied_maxima():
+  x = jnp.array([[1., 1.], [1., 1.]])[None, :, :, None]  # One window, four equal values.
+  x = jnp.concatenate([x, jnp.array([[0., 2.], [2., 1.]])[None, :, :, None]])
+  pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  for f in (layers.max_pool_2x2, pool):
+    grad = jax.grad(lambda x: f(x).sum())(x)
+    np.testing.assert_array_equal(grad[..., 0], [[[1, 0], [0, 0]], [[0, 1], [0, 0]]])

@@ -1,6 +1,7 @@
 """The command line: --help, overrides, and one-line errors (exit code 2, no traceback)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,10 @@ def test_help_lists_the_flags():
     (['--config.dataset.name=no_such_set', '--config.dataset.source=idx'],
      "dataset.source=idx supports only fashion_mnist, mnist, not 'no_such_set'"),
     (['--config.batch_size=12'], 'batch_size=12 is not divisible by the 8 devices'),
+    (['--config.seed=-1'], r'seed=-1 must be in \[0, 2\*\*32\)'),
+    (['--config.warmup_steps=5'], "warmup_steps=5 needs schedule=warmup_cosine, not 'cosine'"),
+    (['--config', 'README.md'], "cannot load config 'README.md'"),
+    (['--config', 'tests/conftest.py'], "cannot load config 'tests/conftest.py'.*get_config"),
 ])
 def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
   if args[0] != '--config':
@@ -39,7 +44,7 @@ def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
   assert 'Traceback' not in result.stderr
   lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert len(lines) == 1, result.stderr
-  assert __import__('re').search(message, lines[0]), lines[0]
+  assert re.search(message, lines[0]), lines[0]
 
 
 def test_overrides_reach_the_run(tmp_path):
@@ -69,3 +74,10 @@ def test_plot_metrics_draws_overlaid_runs(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
+
+
+def test_a_workdir_that_is_a_file_fails_with_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')
+  result = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path / 'file'))
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert f"error: cannot use --workdir '{tmp_path / 'file'}'" in result.stderr

@@ -45,7 +45,8 @@ def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
 
 
 def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(cnn_smoke_config, tmp_path):
-  overrides = dict(num_train_steps=40, log_every_steps=1, checkpoint_every_steps=10,
+  # Logs every 3 steps, out of step with the checkpoints: the resumed log must still match.
+  overrides = dict(num_train_steps=40, log_every_steps=3, checkpoint_every_steps=10,
                    eval_every_steps=20)
   cnn_smoke_config.update(overrides)
   train_and_evaluate(cnn_smoke_config, tmp_path / 'reference')
@@ -106,3 +107,11 @@ def test_tfds_dataset_by_name_trains_end_to_end(cnn_smoke_config, tmp_path):
     final = train_and_evaluate(cnn_smoke_config, tmp_path)
   assert set(_events(tmp_path, 'eval_accuracy')) == {2, 3}  # Once per 2-step epoch, and at the end.
   assert 0.0 <= final['eval_accuracy'] <= 1.0 and math.isfinite(final['eval_loss'])
+
+
+def test_resuming_into_another_data_stream_fails_clearly(cnn_smoke_config, tmp_path):
+  cnn_smoke_config.num_train_steps = 2
+  train_and_evaluate(cnn_smoke_config, tmp_path)
+  cnn_smoke_config.batch_size = 16
+  with pytest.raises(ConfigError, match='another data stream .*batch_size 32 there, 16 here'):
+    train_and_evaluate(cnn_smoke_config, tmp_path)

@@ -63,14 +63,13 @@ def eval_batches(source: Sequence[Any], global_batch_size: int,
   local_size = _local_batch_size(global_batch_size)
   num_batches = math.ceil(len(source) / global_batch_size)
   ds = _batches(source, grain.MapDataset.range(len(source)), local_size, False, preprocess)
-  template = None
   for i in range(num_batches):
-    batch = ds[i] if i < len(ds) else None
-    if batch is None:  # This host ran out of records: a fully masked batch of the same shape.
-      batch, n = jax.tree.map(np.zeros_like, template), 0
-    else:
+    if i < len(ds):
+      batch = ds[i]
       n = len(next(iter(batch.values())))
-      template = batch if template is None else template
+    else:  # This host ran out of records: a fully masked batch of the same shape.
+      batch = jax.tree.map(np.zeros_like, preprocess(read_batch(source, np.zeros(1, np.int64))))
+      n = 0
     pad = local_size - n
     batch = jax.tree.map(lambda x: np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
                          if pad else x, batch)

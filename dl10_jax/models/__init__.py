@@ -22,11 +22,11 @@ def build(config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> nn.Mod
   if config.name not in MODELS:
     raise ConfigError(f'model.name={config.name!r} is unknown; allowed: {", ".join(MODELS)}')
   cls = MODELS[config.name]
-  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name', 'dtype'}  # dtype: config.dtype
   kwargs = {k: v for k, v in config.to_dict().items() if k != 'name'}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ConfigError(f'model.{unknown[0]} is not a field of {config.name}; allowed: '
-                      f'{", ".join(sorted(fields - {"dtype"}))}')
+                      f'{", ".join(sorted(fields))}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return cls(**kwargs, dtype=dtype)

@@ -30,6 +30,7 @@ class ConvTower(nn.Module):
 
 
 class CNN(nn.Module):
+  """The seed CNN; `conv_impl` / `conv_microbatch` change how it runs, never what it computes."""
   num_classes: int = 10
   conv_features: tuple[int, ...] = (32, 64)
   dense_features: int = 128

@@ -82,7 +82,9 @@ def microbatched(module: nn.Module, x: jax.Array, microbatch: int) -> jax.Array:
   step becomes memory-bound; chunks of ~16 images stay in cache, and recomputing their forward in
   the backward pass is cheaper than storing it. Parameters are shared across chunks (the same
   tree as `module(x)`), so checkpoints do not depend on this setting. Chunk k holds examples
-  k, k + n, k + 2n, ... so a batch sharded over devices stays sharded.
+  k, k + n, k + 2n, ... (n = the number of chunks) so a batch sharded over devices stays sharded;
+  `microbatch` counts examples over all devices. RNG streams are not split per chunk (the models
+  using this have no dropout).
   """
   b = x.shape[0]
   if microbatch <= 0 or b % microbatch or b == microbatch:
@@ -98,10 +100,9 @@ def microbatched(module: nn.Module, x: jax.Array, microbatch: int) -> jax.Array:
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling, stride 2, VALID ([B, H, W, C] -> [B, H//2, W//2, C]) as reshape + max.
 
-  Equal to `nn.max_pool(x, (2, 2), (2, 2))` in value, and in gradient unless a window holds tied
-  maxima (each tied maximum then gets the full gradient; after a ReLU, ties are zeros whose
-  gradient the ReLU blocks anyway). Its backward is one select, not XLA's select-and-scatter,
-  which is slow on CPU.
+  Equal to `nn.max_pool(x, (2, 2), (2, 2))` in value and gradient (a window's first maximum gets
+  the gradient, also with ties). Its backward is a select, not XLA's select-and-scatter, which is
+  slow on CPU.
   """
   return _max_pool_2x2_fwd(x)[0]
 
@@ -114,7 +115,11 @@ def _windows(x: jax.Array) -> jax.Array:
 def _max_pool_2x2_fwd(x):
   windows = _windows(x)  # [B, H/2, 2, W/2, 2, C]
   y = windows.max(axis=(2, 4))
-  return y, (windows == y[:, :, None, :, None, :], x.shape)
+  is_max = windows == y[:, :, None, :, None, :]
+  # Keep only the first maximum of each window in row-major order, as select-and-scatter does.
+  in_row = is_max.sum(axis=4, keepdims=True, dtype=jnp.int32)
+  before = (jnp.cumsum(in_row, axis=2) - in_row) + (jnp.cumsum(is_max, axis=4) - is_max)
+  return y, (is_max & (before == 0), x.shape)
 
 
 def _max_pool_2x2_bwd(residuals, g):

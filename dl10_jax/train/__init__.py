@@ -15,6 +15,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
 def make_objective(config: ml_collections.ConfigDict, model: nn.Module) -> Objective:
+  """The objective named by `config.objective`, around `model`."""
   if config.objective not in OBJECTIVES:
     raise ConfigError(f'objective={config.objective!r} is unknown; allowed: '
                       f'{", ".join(OBJECTIVES)}')

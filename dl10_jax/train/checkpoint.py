@@ -20,6 +20,7 @@ def _path(key_path: tuple[Any, ...]) -> str:
 
 
 class Checkpointer:
+  """WORKDIR/checkpoints: the newest `keep` steps, each with the state and the data position."""
 
   def __init__(self, workdir: str | pathlib.Path, keep: int):
     directory = pathlib.Path(workdir).absolute() / 'checkpoints'
@@ -38,7 +39,12 @@ class Checkpointer:
 
   def mismatch(self, step: int, abstract_state: Any) -> str | None:
     """The first array whose saved shape differs from `abstract_state`'s, or None if all fit."""
-    saved = self._manager.item_metadata(step)['state']
+    try:
+      saved = self._manager.item_metadata(step)['state']
+    except (KeyError, ValueError, FileNotFoundError):
+      saved = None
+    if saved is None:
+      return 'it holds no train state; is it a dl10_jax checkpoint directory?'
     flat_saved = {_path(p): getattr(x, 'shape', None)
                   for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
     for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -15,7 +17,8 @@ class Classification(Objective):
   def model_inputs(self, batch: Batch) -> jax.Array:
     return batch['image']
 
-  def loss(self, params, state, batch, rng):
+  def loss(self, params: Any, state: TrainState, batch: Batch,
+           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
     variables = {'params': params, **state.model_state}
     logits, model_state = state.apply_fn(variables, batch['image'], train=True,
                                          rngs={'dropout': rng}, mutable=list(state.model_state))

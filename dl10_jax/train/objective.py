@@ -1,8 +1,10 @@
 """The per-objective part of training: what the one shared loop (trainer.py) asks of each kind.
 
-An objective builds the initial state, makes one update, and evaluates. Supervised objectives
-(classification, language modelling, diffusion) only write a loss; the GAN objective overrides
-`init_state` / `train_step` to carry two networks and two optimizers in one state.
+An objective builds its optimizer and initial state, makes one update, and evaluates. Supervised
+objectives (classification, language modelling, diffusion) write `model_inputs`, `loss`,
+`eval_step` and `summarize_eval`, and inherit the update. An objective with several networks (the
+GAN) overrides `make_optimizer`, `init_state` and `train_step`: the loop treats the state as an
+opaque pytree, so it may be any flax struct dataclass with a `step`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from dl10_jax.train import optim
 from dl10_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -31,14 +34,19 @@ class Objective(abc.ABC):
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module):
     self.config = config
     self.model = model
+    self.tx = self.make_optimizer()
 
-  def init_state(self, rng: jax.Array, batch: Batch, tx: optax.GradientTransformation) -> TrainState:
+  def make_optimizer(self) -> optax.GradientTransformation:
+    return optim.make_optimizer(self.config)
+
+  def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
+    """Fresh parameters and optimizer state; `batch` only lends its shapes."""
     init_rng, state_rng = jax.random.split(rng)
     variables = self.model.init(init_rng, self.model_inputs(batch), train=False)
     params = variables.pop('params')
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), model_state=variables, rng=state_rng,
-                      apply_fn=self.model.apply, tx=tx)
+                      opt_state=self.tx.init(params), model_state=variables, rng=state_rng,
+                      apply_fn=self.model.apply, tx=self.tx)
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)

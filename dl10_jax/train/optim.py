@@ -7,6 +7,7 @@ import optax
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """The rate at update t (0-based) over `num_train_steps`; also what the loop logs."""
   lr, steps = config.learning_rate, config.num_train_steps
   if config.schedule == 'constant':
     return optax.constant_schedule(lr)

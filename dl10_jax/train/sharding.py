@@ -41,6 +41,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A full copy on every device (parameters, optimizer state, metrics)."""
   return NamedSharding(mesh, P())
 
 

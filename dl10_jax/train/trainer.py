@@ -28,9 +28,6 @@ from dl10_jax.train.objective import Objective
 from dl10_jax.train.state import TrainState
 from dl10_jax.train.writer import MetricWriter
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
 def _check_finite(history: list[dict[str, float]], first_step: int, key: str) -> None:
   for i, metrics in enumerate(history):
     if not math.isfinite(metrics[key]):
@@ -70,12 +67,11 @@ def build_experiment(config: ml_collections.ConfigDict,
       splits.num_classes:
     raise ConfigError(f'model.num_classes={config.model.num_classes} but dataset '
                       f'{config.dataset.name!r} has {splits.num_classes} classes')
-  objective = make_objective(config, models.build(config.model, DTYPES[config.dtype]))
-  tx = optim.make_optimizer(config)
+  objective = make_objective(config, models.build(config.model, jnp.dtype(config.dtype)))
 
   # State: replicated on the mesh; shapes from eval_shape, so nothing is allocated twice.
   replicated = sharding.replicated(mesh)
-  init = jax.jit(lambda rng, batch: objective.init_state(rng, batch, tx), out_shardings=replicated)
+  init = jax.jit(objective.init_state, out_shardings=replicated)
   shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
                           _example_batch(splits, config.batch_size, mesh))
   state_sharding = jax.tree.map(lambda _: replicated, shapes)
@@ -114,6 +110,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   # Data: an endless, checkpointable training iterator; state fresh or restored with its position.
   train_iter = data.train_iterator(exp.splits.train, config.batch_size, config.seed,
                                    config.dataset.prefetch)
+  # What the saved iterator position means: the same position in another stream is another run.
+  stream = {'dataset': config.dataset.name, 'num_train_examples': len(exp.splits.train),
+            'batch_size': config.batch_size, 'seed': config.seed,
+            'process_count': jax.process_count()}
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   start_step = checkpointer.latest_step()
   if start_step is None:
@@ -124,7 +124,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
                         f'({mismatch}); use a new --workdir or the config it was trained with')
     state, data_state = checkpointer.restore(start_step, exp.abstract_state)
-    train_iter.set_state(data_state)
+    saved = data_state['stream']
+    if saved != stream:  # The saved position would point into another stream of batches.
+      changes = ', '.join(f'{k} {saved.get(k)!r} there, {v!r} here'
+                          for k, v in stream.items() if saved.get(k) != v)
+      raise ConfigError(f'the checkpoint of step {start_step} in {workdir} was written for another '
+                        f'data stream ({changes}); use a new --workdir')
+    train_iter.set_state(data_state['iterator'])
 
   writer = MetricWriter(workdir)
   num_steps = config.num_train_steps
@@ -145,7 +151,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         jax.block_until_ready(metrics)
         timer_step, timer_start = step, time.perf_counter()
 
-      if step % config.log_every_steps == 0 or step == num_steps:
+      do_eval = step % config.eval_every_steps == 0 or step == num_steps
+      do_save = step % config.checkpoint_every_steps == 0 or step == num_steps
+      # Eval and checkpoint points log too: no NaN state is evaluated or saved unnoticed, and log
+      # intervals restart where a resumed run restarts, so its logged losses match exactly.
+      if step % config.log_every_steps == 0 or do_eval or do_save:
         history = jax.device_get(pending)  # The one host sync per log interval.
         _check_finite(history, last_log_step + 1, objective.loss_metric)
         now = time.perf_counter()
@@ -160,15 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         final.update(summary)
         pending, last_log_step, timer_step, timer_start = [], step, step, now
 
-      paused = time.perf_counter()  # Eval and checkpoint time is kept out of the throughput.
-      if step % config.eval_every_steps == 0 or step == num_steps:
-        eval_metrics = evaluate(exp, state)
-        writer.write(step, eval_metrics)
-        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-        final.update(eval_metrics)
-      if step % config.checkpoint_every_steps == 0 or step == num_steps:
-        checkpointer.save(step, state, train_iter.get_state())
-      timer_start += time.perf_counter() - paused
+      if do_eval or do_save:  # Their time is kept out of the throughput.
+        if do_eval:
+          eval_metrics = evaluate(exp, state)
+          writer.write(step, eval_metrics)
+          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+          final.update(eval_metrics)
+        if do_save:
+          checkpointer.save(step, state, {'iterator': train_iter.get_state(), 'stream': stream})
+        timer_start = time.perf_counter()
 
     if start_step >= num_steps:  # Already trained: report the final model again.
       final.update(evaluate(exp, state))

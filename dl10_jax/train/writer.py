@@ -15,6 +15,7 @@ import tensorboardX
 
 
 class MetricWriter:
+  """Appends each event to metrics.jsonl (flushed at once: a killed run keeps its log) and TB."""
 
   def __init__(self, workdir: str | pathlib.Path):
     self._enabled = jax.process_index() == 0
