@@ -41,7 +41,10 @@ _OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'), '
 
 
 def apply_overrides(config, variant: str):
-  """A copy of `config` with `a.b=value` overrides (values parsed as Python literals if possible)."""
+  """A copy of `config` with `a.b=value` overrides (values parsed as Python literals if possible).
+
+  config_flags parses one set of overrides per process; the variants of one run need several.
+  """
   config = config.copy_and_resolve_references()
   for item in filter(None, variant.split(',')):
     path, value = item.split('=', 1)
