@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0  # adamw only.
   c.momentum = 0.9  # sgd only.
   c.grad_clip_norm = 0.0  # 0 disables clipping.
+  # Examples per sequential micro-batch of one update (gradient accumulation; the mean gradient is
+  # the batch's for models without batch statistics). 0: the whole batch at once; -1: auto, 16 on
+  # CPU (chunks whose activations stay in cache) and the whole batch on accelerators.
+  c.microbatch_size = 0
 
   c.dtype = 'float32'  # Compute dtype; parameters stay float32.
 
@@ -71,9 +75,14 @@ def _positive(name: str, value: float) -> None:
 
 
 def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
-             num_data_devices: int) -> ml_collections.ConfigDict:
-  """Validates `config` and resolves derived fields (-1 step counts) in a copy."""
+             num_data_devices: int, backend: str = 'cpu') -> ml_collections.ConfigDict:
+  """Validates `config` and resolves derived fields (-1 values) in a copy."""
   c = ml_collections.ConfigDict(config.to_dict())
+  if c.microbatch_size == -1:
+    c.microbatch_size = 16 if backend == 'cpu' and c.batch_size > 16 else 0
+  if c.microbatch_size < 0 or (c.microbatch_size and c.batch_size % c.microbatch_size):
+    raise ConfigError(f'microbatch_size={c.microbatch_size} must divide batch_size={c.batch_size} '
+                      '(or be 0 for none, -1 for auto)')
   _choice('optimizer', c.optimizer, OPTIMIZERS)
   _choice('schedule', c.schedule, SCHEDULES)
   _choice('dtype', c.dtype, DTYPES)

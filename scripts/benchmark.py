@@ -81,11 +81,12 @@ def jax_matmul_flops(n: int = 2048) -> float:
 def step_flops(config) -> float:
   """Model FLOPs of one train step, from XLA's cost analysis of the compiled step.
 
-  XLA counts a loop body once, so performance-only loops (the CNN's conv microbatching) are turned
-  off for the count: these are the model's FLOPs, not the rematerialized ones.
+  XLA counts a loop body once, so performance-only loops (micro-batches, the CNN's chunked conv
+  tower) are turned off for the count: these are the model's FLOPs, not the rematerialized ones.
   """
   import jax
   from dl10_jax.train.trainer import build_experiment
+  config = apply_overrides(config, 'microbatch_size=0')
   if 'conv_microbatch' in config.model:
     config = apply_overrides(config, 'model.conv_microbatch=0')
   exp = build_experiment(config)

@@ -14,6 +14,8 @@ def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
   config = config_lib.finalize(cnn.get_config(), num_train_examples=60_000, num_data_devices=8)
   assert config.num_train_steps == 4688  # ceil(5 * 60000 / 64): every example 5 times.
   assert config.eval_every_steps == 938
+  assert config.microbatch_size == 16  # auto on CPU; the whole batch on accelerators:
+  assert config_lib.finalize(cnn.get_config(), 60_000, 8, backend='tpu').microbatch_size == 0
   config = cnn.get_config()
   config.num_train_steps = 10
   assert config_lib.finalize(config, 60_000, 1).num_train_steps == 10
@@ -26,6 +28,7 @@ def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
     ('batch_size', 12, 'batch_size=12 is not divisible by the 8 devices'),
     ('learning_rate', -1.0, 'learning_rate=-1.0 must be > 0'),
     ('num_epochs', 0.0, 'num_epochs=0.0 must be > 0'),
+    ('microbatch_size', 24, 'microbatch_size=24 must divide batch_size=64'),
 ])
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, message):
   config = cnn.get_config()

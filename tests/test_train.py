@@ -115,3 +115,21 @@ def test_resuming_into_another_data_stream_fails_clearly(cnn_smoke_config, tmp_p
   cnn_smoke_config.batch_size = 16
   with pytest.raises(ConfigError, match='another data stream .*batch_size 32 there, 16 here'):
     train_and_evaluate(cnn_smoke_config, tmp_path)
+
+
+def test_microbatched_update_equals_the_whole_batch_update(cnn_smoke_config):
+  """Gradient accumulation over chunks of 8 gives the update of the 32-example batch."""
+  from dl10_jax.train.trainer import build_experiment
+  cnn_smoke_config.update(optimizer='sgd', momentum=0.0, learning_rate=1.0)  # params -= grads.
+  states = {}
+  for size in (0, 8):
+    cnn_smoke_config.microbatch_size = size
+    exp = build_experiment(cnn_smoke_config)
+    batch = exp.example_batch()
+    state = exp.init(jax.random.PRNGKey(0), batch)
+    with jax.default_matmul_precision('highest'):
+      states[size], metrics = exp.train_step(state, batch)
+    states[size] = (states[size].params, float(metrics['train_loss']))
+  assert states[8][1] == pytest.approx(states[0][1], rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               states[8][0], states[0][0])

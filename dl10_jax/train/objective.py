@@ -49,8 +49,34 @@ class Objective(abc.ABC):
                       apply_fn=self.model.apply, tx=self.tx)
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """One update from the mean gradient of the batch, over `config.microbatch_size` chunks."""
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, state.step_rng())
+    rng = state.step_rng()
+    size = self.config.get('microbatch_size', 0)
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    if not size or size >= batch_size:
+      (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
+      return state.apply_gradients(grads, model_state), metrics
+
+    # Gradient accumulation: chunk k holds examples k, k + n, ... (n chunks), so a batch sharded
+    # over devices stays sharded. Equal chunks make the mean of chunk means the batch mean.
+    n = batch_size // size
+    chunks = jax.tree.map(lambda x: x.reshape(size, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def accumulate(carry, k_and_chunk):
+      grads, metrics, model_state = carry
+      k, chunk = k_and_chunk
+      (_, (m, model_state)), g = grad_fn(state.params, state.replace(model_state=model_state),
+                                         chunk, jax.random.fold_in(rng, k))
+      add = lambda total, x: total + x / n
+      return (jax.tree.map(add, grads, g), jax.tree.map(add, metrics, m), model_state), None
+
+    shapes = jax.eval_shape(grad_fn, state.params, state, jax.tree.map(lambda x: x[0], chunks), rng)
+    (_, (metric_shapes, _)), grad_shapes = shapes
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+    (grads, metrics, model_state), _ = jax.lax.scan(
+        accumulate, (zeros(grad_shapes), zeros(metric_shapes), state.model_state),
+        (jnp.arange(n), chunks))
     return state.apply_gradients(grads, model_state), metrics
 
   # --- What a supervised objective provides. ---

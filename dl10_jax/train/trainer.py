@@ -62,7 +62,8 @@ def build_experiment(config: ml_collections.ConfigDict,
   """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`."""
   mesh = sharding.make_mesh(config.mesh, devices)
   splits = data.load(config.dataset)
-  config = config_lib.finalize(config, len(splits.train), mesh.shape['data'])
+  config = config_lib.finalize(config, len(splits.train), mesh.shape['data'],
+                               mesh.devices.flat[0].platform)
   if splits.num_classes and config.model.get('num_classes', splits.num_classes) != \
       splits.num_classes:
     raise ConfigError(f'model.num_classes={config.model.num_classes} but dataset '
