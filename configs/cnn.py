@@ -21,8 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64)
   config.model.dense_features = 128
   config.model.conv_impl = 'auto'  # patches on CPU, XLA's convolution on GPU/TPU.
-  config.model.conv_microbatch = -1  # auto: conv tower in cache-sized chunks on the CPU path.
-  config.microbatch_size = -1  # auto: updates from 4 chunks of 16 on CPU, whole batches elsewhere.
+  config.microbatch_size = -1  # auto: chunks of 16 on CPU (train and eval), whole batches elsewhere.
 
   config.dataset.name = 'fashion_mnist'
   config.batch_size = 64

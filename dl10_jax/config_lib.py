@@ -36,9 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0  # adamw only.
   c.momentum = 0.9  # sgd only.
   c.grad_clip_norm = 0.0  # 0 disables clipping.
-  # Examples per sequential micro-batch of one update (gradient accumulation; the mean gradient is
-  # the batch's for models without batch statistics). 0: the whole batch at once; -1: auto, 16 on
-  # CPU (chunks whose activations stay in cache) and the whole batch on accelerators.
+  # Examples per sequential micro-batch of a train or eval step (gradient accumulation: the mean
+  # gradient is the batch's for models without batch statistics). 0: the whole batch at once;
+  # -1: auto, 16 on CPU (chunks whose activations stay in cache), whole batches on accelerators.
   c.microbatch_size = 0
 
   c.dtype = 'float32'  # Compute dtype; parameters stay float32.

@@ -2,7 +2,7 @@
 
   python scripts/benchmark.py --config configs/cnn.py
   python scripts/benchmark.py --config configs/cnn.py --torch \
-      --variants="model.conv_impl=xla;model.conv_impl=patches,model.conv_microbatch=0;"
+      --variants="model.conv_impl=xla,microbatch_size=0;microbatch_size=0;"
 
 Reports steps/s, examples/s and model FLOP/s (from the compiled step's XLA cost analysis) as a
 fraction of the measured float32 matmul peak; with --torch, the same model and optimizer in PyTorch
@@ -34,7 +34,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per variant; the bes
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'Config variants timed in the same run, separated by ";", each a comma-separated '
     'list of field=value overrides; an empty variant is the config as given. Example: '
-    '"model.conv_impl=xla;model.conv_impl=patches,model.conv_microbatch=0;"')
+    '"model.conv_impl=xla,microbatch_size=0;microbatch_size=0;"')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time the PyTorch twin (needs '
                            'requirements-bench.txt); only models listed in TORCH_MODELS.')
 _OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'), 'Markdown log.')
@@ -81,14 +81,12 @@ def jax_matmul_flops(n: int = 2048) -> float:
 def step_flops(config) -> float:
   """Model FLOPs of one train step, from XLA's cost analysis of the compiled step.
 
-  XLA counts a loop body once, so performance-only loops (micro-batches, the CNN's chunked conv
-  tower) are turned off for the count: these are the model's FLOPs, not the rematerialized ones.
+  XLA counts a loop body once, so the micro-batch loop (performance only) is turned off for the
+  count.
   """
   import jax
   from dl10_jax.train.trainer import build_experiment
   config = apply_overrides(config, 'microbatch_size=0')
-  if 'conv_microbatch' in config.model:
-    config = apply_overrides(config, 'model.conv_microbatch=0')
   exp = build_experiment(config)
   batch = exp.example_batch()
   state = jax.eval_shape(exp.init, jax.random.PRNGKey(0), batch)

@@ -30,12 +30,12 @@ def test_cnn_is_the_seed_architecture(cnn_smoke_config):
   assert model.apply(variables, x).shape == (2, 10)
 
 
-@pytest.mark.parametrize('batch', [32, 12])  # 12 is not a multiple of the chunk: no chunking.
+@pytest.mark.parametrize('batch', [32, 12])
 def test_cnn_cpu_fast_path_equals_xla_convolution(batch):
-  """conv_impl=patches with the microbatched tower computes the same function and gradients."""
+  """conv_impl=patches computes the same function and gradients as XLA's convolution."""
   x = jax.random.uniform(jax.random.PRNGKey(0), (batch, 28, 28, 1))
   labels = jnp.arange(batch) % 10
-  reference = CNN(conv_impl='xla', conv_microbatch=0)
+  reference = CNN(conv_impl='xla')
   variables = reference.init(jax.random.PRNGKey(1), x)
 
   def loss_and_grads(model):
@@ -46,20 +46,15 @@ def test_cnn_cpu_fast_path_equals_xla_convolution(batch):
 
   with jax.default_matmul_precision('highest'):
     want_loss, want = loss_and_grads(reference)
-    _, unchunked = loss_and_grads(CNN(conv_impl='patches', conv_microbatch=0))
-    _, chunked = loss_and_grads(CNN(conv_impl='patches', conv_microbatch=8))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), chunked,
-                 unchunked)
-    for model in (CNN(conv_impl='patches', conv_microbatch=0),
-                  CNN(conv_impl='patches', conv_microbatch=8)):
-      assert jax.tree.structure(model.init(jax.random.PRNGKey(1), x)) == \
-          jax.tree.structure(variables)  # Same checkpoint layout whatever the implementation.
-      got_loss, got = loss_and_grads(model)
-      np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-      # XLA's CPU convolution is itself only ~1e-3 accurate in the weight gradient (the patches
-      # path matches float64 to ~4e-6), hence the tolerance relative to each gradient's scale.
-      jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=5e-3 * np.abs(w).max()),
-                   got, want)
+    model = CNN(conv_impl='patches')
+    assert jax.tree.structure(model.init(jax.random.PRNGKey(1), x)) == \
+        jax.tree.structure(variables)  # Same checkpoint layout whatever the implementation.
+    got_loss, got = loss_and_grads(model)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+  # XLA's CPU convolution is itself only ~1e-3 accurate in the weight gradient (the patches
+  # path matches float64 to ~4e-6), hence the tolerance relative to each gradient's scale.
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=5e-3 * np.abs(w).max()),
+               got, want)
 
 
 def test_cnn_bfloat16_compute_keeps_float32_params(cnn_smoke_config):

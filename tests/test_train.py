@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from dl10_jax import data
 from dl10_jax.errors import ConfigError, TrainingDiverged
+from dl10_jax.train import sharding
 from dl10_jax.train.trainer import train_and_evaluate
 
 
@@ -133,3 +135,19 @@ def test_microbatched_update_equals_the_whole_batch_update(cnn_smoke_config):
   assert states[8][1] == pytest.approx(states[0][1], rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                states[8][0], states[0][0])
+
+
+def test_microbatched_eval_equals_the_whole_batch_eval(cnn_smoke_config):
+  """Eval sums over chunks of 8 add up to the 128-example batch's."""
+  from dl10_jax.train.trainer import build_experiment
+  sums = {}
+  for size in (0, 8):
+    cnn_smoke_config.microbatch_size = size
+    exp = build_experiment(cnn_smoke_config)
+    state = exp.init(jax.random.PRNGKey(0), exp.example_batch())
+    batch = next(data.eval_batches(exp.splits.eval, 128))
+    with jax.default_matmul_precision('highest'):
+      sums[size] = jax.device_get(exp.eval_step(state, sharding.to_global(batch, exp.mesh)))
+  assert sums[8]['count'] == sums[0]['count'] == 128
+  assert sums[8]['correct'] == sums[0]['correct']
+  assert sums[8]['loss'] == pytest.approx(sums[0]['loss'], rel=1e-5)

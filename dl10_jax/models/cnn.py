@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.models.layers import Conv2D, auto_microbatch, max_pool_2x2, microbatched
+from dl10_jax.models.layers import Conv2D, max_pool_2x2
 
 
 class ConvTower(nn.Module):
@@ -30,19 +30,17 @@ class ConvTower(nn.Module):
 
 
 class CNN(nn.Module):
-  """The seed CNN; `conv_impl` / `conv_microbatch` change how it runs, never what it computes."""
+  """The seed CNN; `conv_impl` changes how it runs, never what it computes."""
   num_classes: int = 10
   conv_features: tuple[int, ...] = (32, 64)
   dense_features: int = 128
   conv_impl: str = 'auto'  # auto | xla | patches (see models/layers.py)
-  conv_microbatch: int = -1  # Examples per chunk of the conv tower; -1 auto, 0 off (layers.py).
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch-norm in the seed recipe.
-    tower = ConvTower(self.conv_features, self.conv_impl, self.dtype, name='features')
-    x = microbatched(tower, x, auto_microbatch(self.conv_impl, self.conv_microbatch))
+    x = ConvTower(self.conv_features, self.conv_impl, self.dtype, name='features')(x)
     x = x.reshape(x.shape[0], -1)  # [B, 12 * 12 * 64] for 28x28 inputs.
     x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -2,9 +2,9 @@
 
 XLA's native convolution is the right choice on GPU and TPU, but its CPU path (Eigen) is several
 times slower than an explicit im2col + one matmul for the small convolutions of these models, and the
-backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend,
-and `microbatched` keeps the CPU path's im2col tensors in cache; every variant has the same
-parameters and is tested equal to XLA's ops (tests/test_layers.py, tests/test_models.py).
+backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend;
+both have the same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
+Keeping the im2col tensors in cache is the trainer's `microbatch_size` (train/objective.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,6 @@ from jax import lax
 from dl10_jax.errors import ConfigError
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
-
-
-def auto_microbatch(conv_impl: str, microbatch: int) -> int:
-  """-1 (auto): chunks of 16 examples for the CPU im2col path, none for XLA's convolution."""
-  if microbatch == -1:
-    return 16 if resolve_conv_impl(conv_impl) == 'patches' else 0
-  return microbatch
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -73,27 +66,6 @@ class Conv2D(nn.Module):
     elif self.padding != 'VALID':
       raise ConfigError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
     return conv2d(x, kernel, self.impl) + bias.reshape((1,) * (x.ndim - 1) + (-1,))
-
-
-def microbatched(module: nn.Module, x: jax.Array, microbatch: int) -> jax.Array:
-  """`module(x)`, computed over sequential chunks of `microbatch` examples, rematerialized.
-
-  Why: on CPU the im2col activations of a whole batch (tens of MB) overflow the caches, and the
-  step becomes memory-bound; chunks of ~16 images stay in cache, and recomputing their forward in
-  the backward pass is cheaper than storing it. Parameters are shared across chunks (the same
-  tree as `module(x)`), so checkpoints do not depend on this setting. Chunk k holds examples
-  k, k + n, k + 2n, ... (n = the number of chunks) so a batch sharded over devices stays sharded;
-  `microbatch` counts examples over all devices. RNG streams are not split per chunk (the models
-  using this have no dropout).
-  """
-  b = x.shape[0]
-  if microbatch <= 0 or b % microbatch or b == microbatch:
-    return module(x)
-  xs = x.reshape(microbatch, b // microbatch, *x.shape[1:])  # [mb, chunks, ...]
-  scan = nn.scan(nn.remat(lambda mdl, carry, chunk: (carry, mdl(chunk))),
-                 variable_broadcast='params', split_rngs={'params': False}, in_axes=1, out_axes=1)
-  _, ys = scan(module, None, xs)
-  return ys.reshape(b, *ys.shape[2:])
 
 
 @jax.custom_vjp

@@ -48,20 +48,29 @@ class Objective(abc.ABC):
                       opt_state=self.tx.init(params), model_state=variables, rng=state_rng,
                       apply_fn=self.model.apply, tx=self.tx)
 
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """One update from the mean gradient of the batch, over `config.microbatch_size` chunks."""
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    rng = state.step_rng()
+  def _microbatches(self, batch: Batch) -> Batch | None:
+    """[B, ...] -> [n, B/n, ...] chunks of `config.microbatch_size`, or None for the whole batch.
+
+    Chunk k holds examples k, k + n, ..., so a batch sharded over devices stays sharded.
+    """
     size = self.config.get('microbatch_size', 0)
     batch_size = jax.tree.leaves(batch)[0].shape[0]
-    if not size or size >= batch_size:
+    if not size or size >= batch_size or batch_size % size:
+      return None
+    n = batch_size // size
+    return jax.tree.map(lambda x: x.reshape(size, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """One update from the mean gradient of the batch, accumulated over micro-batches if set."""
+    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    rng = state.step_rng()
+    chunks = self._microbatches(batch)
+    if chunks is None:
       (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
       return state.apply_gradients(grads, model_state), metrics
 
-    # Gradient accumulation: chunk k holds examples k, k + n, ... (n chunks), so a batch sharded
-    # over devices stays sharded. Equal chunks make the mean of chunk means the batch mean.
-    n = batch_size // size
-    chunks = jax.tree.map(lambda x: x.reshape(size, n, *x.shape[1:]).swapaxes(0, 1), batch)
+    # Equal chunks make the mean of the chunk means the batch mean: the same update.
+    n = jax.tree.leaves(chunks)[0].shape[0]
 
     def accumulate(carry, k_and_chunk):
       grads, metrics, model_state = carry
@@ -78,6 +87,14 @@ class Objective(abc.ABC):
         accumulate, (zeros(grad_shapes), zeros(metric_shapes), state.model_state),
         (jnp.arange(n), chunks))
     return state.apply_gradients(grads, model_state), metrics
+
+  def eval_batch(self, state: TrainState, batch: Batch) -> Metrics:
+    """`eval_step` over micro-batches if set; its sums add up exactly."""
+    chunks = self._microbatches(batch)
+    if chunks is None:
+      return self.eval_step(state, batch)
+    sums = jax.lax.map(lambda chunk: self.eval_step(state, chunk), chunks)
+    return jax.tree.map(lambda x: x.sum(axis=0), sums)
 
   # --- What a supervised objective provides. ---
 

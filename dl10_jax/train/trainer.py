@@ -83,7 +83,7 @@ def build_experiment(config: ml_collections.ConfigDict,
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(objective.train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_step = jax.jit(objective.eval_step, in_shardings=(state_sharding, batch_sharding),
+  eval_step = jax.jit(objective.eval_batch, in_shardings=(state_sharding, batch_sharding),
                       out_shardings=replicated)
   return Experiment(config, mesh, splits, objective, optim.learning_rate_schedule(config), init,
                     abstract_state, train_step, eval_step)
