@@ -43,6 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.dtype = 'float32'  # Compute dtype; parameters stay float32.
 
+  # Fine-tuning / transfer: start from another run's parameters (a workdir, its checkpoints dir or
+  # one step's dir), with this run's own optimizer, schedule and step. Parameters whose path
+  # ('block0/attn/qkv/kernel') matches the regex `init_reinit` keep their fresh initialisation.
+  c.init_from = ''
+  c.init_reinit = ''
+
   c.log_every_steps = 100
   c.eval_every_steps = -1  # -1: once per epoch.
   c.checkpoint_every_steps = 1000
@@ -62,6 +68,50 @@ def base_config() -> ml_collections.ConfigDict:
       'prefetch': 2,  # Batches the grain reader thread keeps ready.
   })
   return c
+
+
+def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
+  """The comma-separated words of a config argument (`configs/x.py:a,b`), each one of `allowed`."""
+  words = {w.strip() for w in (arg or '').split(',') if w.strip()}
+  for word in sorted(words):
+    if word not in allowed:
+      raise ValueError(f'unknown config argument {word!r}; allowed: {", ".join(allowed)} '
+                       '(comma-separated)')
+  return words
+
+
+def language_model_dataset(name: str = 'shakespeare_char') -> ml_collections.ConfigDict:
+  """Dataset fields of the text language-modelling datasets (dl10_jax/data/text.py)."""
+  return ml_collections.ConfigDict({
+      'name': name,
+      'tokenizer': 'char',  # char | byte | bpe
+      'vocab_size': 0,  # bpe only: the size of the vocabulary trained on the training split.
+      'block_size': 128,  # Tokens of context; a training example is block_size + 1 tokens.
+      'genres': '',  # shakespeare_char: comma-separated genres to keep (empty: all 38 plays).
+      'path': '',  # text_file: a UTF-8 file.
+      'data_dir': '',  # TFDS datasets.
+      'cache_dir': '',  # Prepared token arrays ('': $DL10_CACHE_DIR or ~/.cache/dl10_jax).
+      'num_train_examples': -1,
+      'num_eval_examples': -1,
+      'prefetch': 2,
+  })
+
+
+def text_classification_dataset(name: str = 'shakespeare_genre') -> ml_collections.ConfigDict:
+  """Dataset fields of the passage classification datasets (dl10_jax/data/text.py)."""
+  return ml_collections.ConfigDict({
+      'name': name,
+      'tokenizer': 'word',
+      'vocab_size': 8192,
+      'max_len': 256,  # Tokens per passage (padded with 0 / truncated).
+      'passage_lines': 16,  # shakespeare_genre: dialogue lines per passage.
+      'passage_stride': 16,  # Training passages start every this many lines (eval: no overlap).
+      'data_dir': '',
+      'cache_dir': '',
+      'num_train_examples': -1,
+      'num_eval_examples': -1,
+      'prefetch': 2,
+  })
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -1,6 +1,30 @@
-"""Input pipelines: random-access sources (`sources`) read through grain (`pipeline`)."""
+"""Input pipelines: random-access sources (`sources`, `text`) read through grain (`pipeline`)."""
 
+from __future__ import annotations
+
+import ml_collections
+
+from dl10_jax.data import sources, text
 from dl10_jax.data.pipeline import eval_batches, train_iterator
-from dl10_jax.data.sources import Splits, load
+from dl10_jax.data.sources import Splits
+from dl10_jax.data.tokenizer import Tokenizer
+from dl10_jax.errors import ConfigError
 
-__all__ = ['Splits', 'eval_batches', 'load', 'train_iterator']
+__all__ = ['Splits', 'Tokenizer', 'eval_batches', 'load', 'train_iterator']
+
+
+def load(config: ml_collections.ConfigDict, saved_tokenizer: Tokenizer | None = None) -> Splits:
+  """The train and eval sources `config` (the `dataset` sub-config) names.
+
+  Text datasets are tokenized by `saved_tokenizer` (a resumed run's) if given, else by one built
+  from the training split.
+  """
+  if not config.name:
+    raise ConfigError('dataset.name is empty; set it to an image dataset '
+                      f'({", ".join(sources.IDX_DATASETS)} or a prepared TFDS name) or a text '
+                      f'dataset ({", ".join(text.DATASETS)})')
+  if config.name in text.DATASETS:
+    splits = text.load(config, saved_tokenizer)
+  else:
+    splits = sources.load_images(config)
+  return sources.limit(splits, config)

@@ -14,17 +14,8 @@ import grain
 import jax
 import numpy as np
 
-from dl10_jax.data.sources import read_batch
+from dl10_jax.data.sources import Batch, read_batch, unchanged
 from dl10_jax.errors import ConfigError
-
-Batch = dict[str, np.ndarray]
-
-
-def scale_images(batch: Batch) -> Batch:
-  """uint8 pixels -> float32 in [0, 1]; other fields pass through."""
-  if 'image' in batch:
-    batch = dict(batch, image=batch['image'].astype(np.float32) * np.float32(1 / 255))
-  return batch
 
 
 def _local_batch_size(global_batch_size: int) -> int:
@@ -44,7 +35,7 @@ def _batches(source: Sequence[Any], indices: grain.MapDataset, local_batch_size:
 
 
 def train_iterator(source: Sequence[Any], global_batch_size: int, seed: int, prefetch: int,
-                   preprocess: Callable[[Batch], Batch] = scale_images) -> grain.DatasetIterator:
+                   preprocess: Callable[[Batch], Batch] = unchanged) -> grain.DatasetIterator:
   """An endless iterator of local batches, reshuffled every epoch, checkpointable."""
   # Shuffling indices rather than records keeps per-example Python work to an integer.
   indices = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
@@ -55,7 +46,7 @@ def train_iterator(source: Sequence[Any], global_batch_size: int, seed: int, pre
 
 
 def eval_batches(source: Sequence[Any], global_batch_size: int,
-                 preprocess: Callable[[Batch], Batch] = scale_images) -> Iterator[Batch]:
+                 preprocess: Callable[[Batch], Batch] = unchanged) -> Iterator[Batch]:
   """One pass over `source` in full batches; padding rows carry `mask == 0`.
 
   Every process yields the same number of batches, so a multi-host eval stays in lockstep.

@@ -1,15 +1,16 @@
-"""Random-access data sources, found by `config.dataset.name`.
+"""Random-access data sources and the image datasets (IDX files, TFDS by name).
 
 A source is anything with `__len__` and `__getitem__` returning a dict of numpy values (grain's
 `RandomAccessDataSource` protocol). Image classification records are
 `{'image': uint8[H, W, C], 'label': int}`. A source may also offer `read_batch(indices)`, which the
-pipeline then uses to read a whole batch in one vectorized call.
+pipeline then uses to read a whole batch in one vectorized call. `Splits` carries what the rest of
+the stack needs to know of a dataset: its preprocessing, the field the model reads, its tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -64,11 +65,31 @@ class LimitedSource:
     return read_batch(self._source, indices)
 
 
+Batch = dict[str, np.ndarray]
+
+
+def scale_images(batch: Batch) -> Batch:
+  """uint8 pixels -> float32 in [0, 1]; other fields pass through."""
+  if 'image' in batch:
+    batch = dict(batch, image=batch['image'].astype(np.float32) * np.float32(1 / 255))
+  return batch
+
+
+def unchanged(batch: Batch) -> Batch:
+  return batch
+
+
 @dataclasses.dataclass(frozen=True)
 class Splits:
   train: Sequence[Any]
   eval: Sequence[Any]
   num_classes: int | None  # None for datasets without class labels.
+  # Applied to each batch by the pipeline (on the reader thread), so the loop never special-cases
+  # a modality.
+  preprocess: Callable[[Batch], Batch] = unchanged
+  input_key: str = 'image'  # The batch field the model reads.
+  tokenizer: Any = None  # data.tokenizer.Tokenizer of text datasets; saved with the run.
+  chars_per_token: float = 1.0  # Of the eval split: turns nats per token into nats per char.
 
 
 def _tfds(name: str, data_dir: str) -> Splits:
@@ -88,15 +109,12 @@ def _tfds(name: str, data_dir: str) -> Splits:
         f'an offline IDX dataset ({e.__class__.__name__}: {str(e).splitlines()[0]})') from None
   features = builder.info.features
   label = features['label'] if 'label' in features.keys() else None
-  return Splits(train, test, getattr(label, 'num_classes', None))
+  return Splits(train, test, getattr(label, 'num_classes', None), preprocess=scale_images)
 
 
-def load(config: ml_collections.ConfigDict) -> Splits:
-  """Returns the train and eval sources that `config` (the `dataset` sub-config) names."""
-  name, source = config.name, config.source
-  if not name:
-    raise ConfigError('dataset.name is empty; set it to an IDX dataset '
-                      f'({", ".join(IDX_DATASETS)}) or any prepared TFDS dataset name')
+def load_images(config: ml_collections.ConfigDict) -> Splits:
+  """The image dataset `config` (the `dataset` sub-config) names: IDX files or TFDS."""
+  name, source = config.name, config.get('source', 'auto')
   if source not in SOURCES:
     raise ConfigError(f'dataset.source={source!r} is not supported; allowed: {", ".join(SOURCES)}')
   directory = idx.default_dir(name, config.data_dir) if name in IDX_DATASETS else None
@@ -105,18 +123,20 @@ def load(config: ml_collections.ConfigDict) -> Splits:
   if source == 'idx' or (source == 'auto' and directory):
     if not directory:
       raise DataError(f'no IDX directory for {name!r}: set dataset.data_dir or DL10_DATA_DIR')
-    splits = Splits(ArraySource(idx.load(directory, 'train')),
-                    ArraySource(idx.load(directory, 'test')), num_classes=10)
-  else:
-    splits = _tfds(name, config.data_dir if source == 'tfds' else '')
-  if config.num_train_examples > 0 or config.num_eval_examples > 0:
-    splits = dataclasses.replace(
-        splits,
-        train=LimitedSource(splits.train, config.num_train_examples)
-        if config.num_train_examples > 0 else splits.train,
-        eval=LimitedSource(splits.eval, config.num_eval_examples)
-        if config.num_eval_examples > 0 else splits.eval)
+    return Splits(ArraySource(idx.load(directory, 'train')),
+                  ArraySource(idx.load(directory, 'test')), num_classes=10,
+                  preprocess=scale_images)
+  return _tfds(name, config.data_dir if source == 'tfds' else '')
+
+
+def limit(splits: Splits, config: ml_collections.ConfigDict) -> Splits:
+  """Keeps the first `num_train_examples` / `num_eval_examples` (> 0) records of each split."""
+  n_train, n_eval = config.get('num_train_examples', -1), config.get('num_eval_examples', -1)
+  splits = dataclasses.replace(
+      splits,
+      train=LimitedSource(splits.train, n_train) if n_train > 0 else splits.train,
+      eval=LimitedSource(splits.eval, n_eval) if n_eval > 0 else splits.eval)
   if len(splits.train) == 0 or len(splits.eval) == 0:
-    raise DataError(f'dataset {name!r} has an empty split (train={len(splits.train)}, '
+    raise DataError(f'dataset {config.name!r} has an empty split (train={len(splits.train)}, '
                     f'eval={len(splits.eval)})')
   return splits

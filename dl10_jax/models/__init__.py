@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.models import cnn
+from dl10_jax.models import cnn, gpt, recurrent
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
+    'gpt': gpt.GPT,
+    'recurrent_lm': recurrent.RecurrentLM,
+    'recurrent_classifier': recurrent.RecurrentClassifier,
 }
 
 

@@ -7,10 +7,14 @@ mid-save leaves the previous checkpoint intact; restoring picks the newest compl
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from dl10_jax.errors import ConfigError
 
 
 def _path(key_path: tuple[Any, ...]) -> str:
@@ -64,3 +68,41 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _step_dir(path: pathlib.Path) -> pathlib.Path | None:
+  """The newest step directory under a workdir, its checkpoints dir, or the step dir itself."""
+  for candidate in (path / 'checkpoints', path):
+    steps = [p for p in candidate.iterdir() if p.name.isdigit()] if candidate.is_dir() else []
+    if steps:
+      return max(steps, key=lambda p: int(p.name))
+  return path if (path / 'state').is_dir() else None
+
+
+def load_params(path: str | pathlib.Path, fresh: Any, reinit: str = '') -> Any:
+  """`fresh` with every parameter replaced by the one saved in the run at `path`.
+
+  Parameters whose path matches the regex `reinit` keep their fresh value (a new head). Any other
+  missing or differently shaped parameter is an error naming it.
+  """
+  step_dir = _step_dir(pathlib.Path(path).absolute())
+  if step_dir is None:
+    raise ConfigError(f'init_from={str(path)!r} holds no checkpoint; pass a workdir, its '
+                      'checkpoints directory or one step directory of a trained run')
+  saved = ocp.StandardCheckpointer().restore(step_dir / 'state')['params']
+  flat_saved = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  pattern = re.compile(reinit) if reinit else None
+
+  def pick(key_path, x):
+    key = _path(key_path)
+    if pattern and pattern.search(key):
+      return x
+    if key not in flat_saved:
+      raise ConfigError(f'init_from: parameter {key} is not in {step_dir}; set init_reinit to a '
+                        'regex matching the new parameters')
+    if tuple(flat_saved[key].shape) != tuple(x.shape):
+      raise ConfigError(f'init_from: parameter {key} has shape {tuple(flat_saved[key].shape)} in '
+                        f'{step_dir} but {tuple(x.shape)} here; set init_reinit to re-initialise it')
+    return jax.device_put(jnp.asarray(flat_saved[key], x.dtype), x.sharding)
+
+  return jax.tree_util.tree_map_with_path(pick, fresh)

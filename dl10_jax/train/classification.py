@@ -12,15 +12,23 @@ from dl10_jax.train.state import TrainState
 
 
 class Classification(Objective):
-  """Batches are {'image': float[B, H, W, C], 'label': int[B]} (+ 'mask' in eval)."""
+  """Batches are {INPUT: ..., 'label': int[B]} (+ 'mask' in eval); the dataset names INPUT.
+
+  INPUT is `splits.input_key`: 'image' (float[B, H, W, C]) for images, 'tokens' (int[B, L], 0
+  pads) for text.
+  """
+
+  @property
+  def input_key(self) -> str:
+    return self.splits.input_key if self.splits is not None else 'image'
 
   def model_inputs(self, batch: Batch) -> jax.Array:
-    return batch['image']
+    return batch[self.input_key]
 
   def loss(self, params: Any, state: TrainState, batch: Batch,
            rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
     variables = {'params': params, **state.model_state}
-    logits, model_state = state.apply_fn(variables, batch['image'], train=True,
+    logits, model_state = state.apply_fn(variables, self.model_inputs(batch), train=True,
                                          rngs={'dropout': rng}, mutable=list(state.model_state))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     accuracy = (logits.argmax(-1) == batch['label']).mean()
@@ -28,7 +36,7 @@ class Classification(Objective):
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     variables = {'params': state.params, **state.model_state}
-    logits = state.apply_fn(variables, batch['image'], train=False)
+    logits = state.apply_fn(variables, self.model_inputs(batch), train=False)
     mask = batch['mask']
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return {'loss': (losses * mask).sum(),

@@ -31,9 +31,10 @@ class Objective(abc.ABC):
   # The metric the loop checks for NaN/inf and shows in the progress bar.
   loss_metric = 'train_loss'
 
-  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module):
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, splits: Any = None):
     self.config = config
     self.model = model
+    self.splits = splits  # data.Splits: what the objective may need to know of its data.
     self.tx = self.make_optimizer()
 
   def make_optimizer(self) -> optax.GradientTransformation:
@@ -95,6 +96,14 @@ class Objective(abc.ABC):
       return self.eval_step(state, batch)
     sums = jax.lax.map(lambda chunk: self.eval_step(state, chunk), chunks)
     return jax.tree.map(lambda x: x.sum(axis=0), sums)
+
+  def flops_per_step(self, params: Any) -> float | None:
+    """Model FLOPs of one training step (for `mfu` in the logs), where the model can tell."""
+    return None
+
+  def throughput(self, steps_per_sec: float) -> dict[str, float]:
+    """Objective-specific rates logged beside steps_per_sec (e.g. tokens_per_sec)."""
+    return {}
 
   # --- What a supervised objective provides. ---
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import optax
 
@@ -21,8 +22,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   schedule = learning_rate_schedule(config)
   if config.optimizer == 'adam':
     tx = optax.adam(schedule)
-  elif config.optimizer == 'adamw':
-    tx = optax.adamw(schedule, weight_decay=config.weight_decay)
+  elif config.optimizer == 'adamw':  # Decay matrices and embeddings, not biases or norm scales.
+    tx = optax.adamw(schedule, weight_decay=config.weight_decay,
+                     mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
   else:
     tx = optax.sgd(schedule, momentum=config.momentum or None)
   if config.grad_clip_norm > 0:

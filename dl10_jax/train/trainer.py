@@ -8,6 +8,7 @@ asynchronously, so the next batch is read while the device runs the current step
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -21,8 +22,9 @@ import optax
 import tqdm
 
 from dl10_jax import config_lib, data, models
+from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
-from dl10_jax.train import make_objective, optim, sharding
+from dl10_jax.train import checkpoint, make_objective, optim, sharding, throughput
 from dl10_jax.train.checkpoint import Checkpointer
 from dl10_jax.train.objective import Objective
 from dl10_jax.train.state import TrainState
@@ -51,24 +53,57 @@ class Experiment:
   def example_batch(self) -> Any:
     return _example_batch(self.splits, self.config.batch_size, self.mesh)
 
+  def train_iterator(self):
+    return data.train_iterator(self.splits.train, self.config.batch_size, self.config.seed,
+                               self.config.dataset.prefetch, self.splits.preprocess)
+
+  def eval_batches(self):
+    return data.eval_batches(self.splits.eval, self.config.eval_batch_size,
+                             self.splits.preprocess)
+
 
 def _example_batch(splits: data.Splits, batch_size: int, mesh: jax.sharding.Mesh) -> Any:
   """A global batch of the training batch size, to trace shapes."""
-  return sharding.to_global(next(data.eval_batches(splits.eval, batch_size)), mesh)
+  return sharding.to_global(next(data.eval_batches(splits.eval, batch_size, splits.preprocess)),
+                            mesh)
 
 
-def build_experiment(config: ml_collections.ConfigDict,
-                     devices: list[Any] | None = None) -> Experiment:
-  """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`."""
+def _resolve_model_fields(config: ml_collections.ConfigDict, splits: data.Splits) -> None:
+  """Fills the model fields the data decides (-1: vocab_size, num_classes); checks the others."""
+  model = config.model
+  for field, value in (('vocab_size', splits.tokenizer and splits.tokenizer.vocab_size),
+                       ('num_classes', splits.num_classes)):
+    if field not in model or not value:
+      continue
+    if model[field] == -1:
+      model[field] = value
+    elif field == 'num_classes' and model[field] != value:
+      raise ConfigError(f'model.num_classes={model[field]} but dataset {config.dataset.name!r} '
+                        f'has {value} classes')
+    elif field == 'vocab_size' and model[field] < value:
+      raise ConfigError(f'model.vocab_size={model[field]} is smaller than the tokenizer\'s '
+                        f'{value}; use -1 to take it from the data')
+
+
+def saved_tokenizer(workdir: str | pathlib.Path | None) -> data.Tokenizer | None:
+  """The tokenizer a run in `workdir` was trained with, if it has one."""
+  path = pathlib.Path(workdir) / 'tokenizer.json' if workdir else None
+  return tokenizer_lib.from_json(path.read_text(encoding='utf-8')) if path and path.exists() \
+      else None
+
+
+def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | None = None,
+                     workdir: str | pathlib.Path | None = None) -> Experiment:
+  """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`.
+
+  A text dataset is tokenized with the tokenizer saved in `workdir` if the run has one.
+  """
   mesh = sharding.make_mesh(config.mesh, devices)
-  splits = data.load(config.dataset)
+  splits = data.load(config.dataset, saved_tokenizer(workdir))
   config = config_lib.finalize(config, len(splits.train), mesh.shape['data'],
                                mesh.devices.flat[0].platform)
-  if splits.num_classes and config.model.get('num_classes', splits.num_classes) != \
-      splits.num_classes:
-    raise ConfigError(f'model.num_classes={config.model.num_classes} but dataset '
-                      f'{config.dataset.name!r} has {splits.num_classes} classes')
-  objective = make_objective(config, models.build(config.model, jnp.dtype(config.dtype)))
+  _resolve_model_fields(config, splits)
+  objective = make_objective(config, models.build(config.model, jnp.dtype(config.dtype)), splits)
 
   # State: replicated on the mesh; shapes from eval_shape, so nothing is allocated twice.
   replicated = sharding.replicated(mesh)
@@ -92,7 +127,7 @@ def build_experiment(config: ml_collections.ConfigDict,
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
   """One pass over the eval split; sums stay on the device until the end."""
   totals = None
-  for batch in data.eval_batches(exp.splits.eval, exp.config.eval_batch_size):
+  for batch in exp.eval_batches():
     sums = exp.eval_step(state, sharding.to_global(batch, exp.mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
@@ -102,15 +137,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        devices: list[Any] | None = None) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
   workdir = pathlib.Path(workdir)
-  exp = build_experiment(config, devices)
+  exp = build_experiment(config, devices, workdir)
   config, mesh, objective = exp.config, exp.mesh, exp.objective
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    if exp.splits.tokenizer is not None:  # Sampling and resuming use exactly this one.
+      (workdir / 'tokenizer.json').write_text(exp.splits.tokenizer.to_json(), encoding='utf-8')
 
   # Data: an endless, checkpointable training iterator; state fresh or restored with its position.
-  train_iter = data.train_iterator(exp.splits.train, config.batch_size, config.seed,
-                                   config.dataset.prefetch)
+  train_iter = exp.train_iterator()
   # What the saved iterator position means: the same position in another stream is another run.
   stream = {'dataset': config.dataset.name, 'num_train_examples': len(exp.splits.train),
             'batch_size': config.batch_size, 'seed': config.seed,
@@ -119,6 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   start_step = checkpointer.latest_step()
   if start_step is None:
     state, start_step = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch()), 0
+    if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
+      state = state.replace(params=checkpoint.load_params(
+          config.init_from, state.params, config.init_reinit))
   else:
     mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
     if mismatch:
@@ -135,6 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   writer = MetricWriter(workdir)
   num_steps = config.num_train_steps
+  flops_per_step = objective.flops_per_step(state.params)
+  peak = throughput.peak_flops() if flops_per_step else None
   bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step', dynamic_ncols=True,
                   disable=not config.progress_bar or jax.process_index() != 0)
   if start_step:
@@ -163,7 +204,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         steps_per_sec = (step - timer_step) / (now - timer_start) if step > timer_step else 0.0
         summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
         summary.update(learning_rate=float(exp.schedule(step - 1)), steps_per_sec=steps_per_sec,
-                       examples_per_sec=steps_per_sec * config.batch_size)
+                       examples_per_sec=steps_per_sec * config.batch_size,
+                       **objective.throughput(steps_per_sec))
+        if flops_per_step:
+          summary.update(model_flops_per_sec=flops_per_step * steps_per_sec,
+                         mfu=flops_per_step * steps_per_sec / peak)
         writer.write(step, summary)
         bar.set_postfix(loss=f'{summary[objective.loss_metric]:.4f}',
                         ex_per_s=f'{summary["examples_per_sec"]:.0f}', refresh=False)
@@ -188,3 +233,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     checkpointer.close()
     writer.close()
   return final
+
+
+def restore_run(workdir: str | pathlib.Path,
+                devices: list[Any] | None = None) -> tuple[Experiment, TrainState]:
+  """The experiment of the run in `workdir` (its saved config and tokenizer) and its newest state."""
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / 'config.json'
+  if not config_path.is_file():
+    raise ConfigError(f'{workdir} holds no trained run (no config.json); pass the --workdir of a '
+                      'run of dl10_jax.main')
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config.progress_bar = False
+  exp = build_experiment(config, devices, workdir)
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise ConfigError(f'{workdir} holds no checkpoint yet; train it first (dl10_jax.main)')
+    state, _ = checkpointer.restore(step, exp.abstract_state)
+  finally:
+    checkpointer.close()
+  return exp, state

@@ -1,0 +1,84 @@
+"""Seed algorithm 6, GPT: a decoder-only Transformer, character level on the offline Shakespeare
+corpus (validation: the held-out plays, the same split as configs/lstm.py). The main job of
+`make run`. Results, curves and samples: experiments/gpt/README.md.
+
+  python -m dl10_jax.main --config configs/gpt.py --workdir runs/gpt
+  python -m dl10_jax.sample --workdir runs/gpt --prompt 'ROMEO:' --max_new_tokens 500
+  python -m dl10_jax.main --config configs/gpt.py:large --workdir runs/gpt_large   # 60 minutes
+  python -m dl10_jax.main --config configs/gpt.py:smoke --workdir /tmp/gpt_smoke   # seconds
+
+Variants (comma-separated, e.g. `:bpe,smoke`):
+  large      6 layers x 384, 6 heads, T 256 (10.8 M parameters).
+  bpe        a byte-level BPE tokenizer (vocabulary 1,024) trained on the training split.
+  pretrain   all genres, for `finetune`.
+  finetune   the comedies only, starting from a pre-trained run:
+             --config.init_from=runs/gpt_pretrain (the comedies' validation plays are held out).
+  smoke      a seconds-long run, for tests.
+"""
+
+import ml_collections
+
+from dl10_jax import config_lib
+from dl10_jax.models import gpt
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, ('smoke', 'large', 'bpe', 'pretrain', 'finetune'))
+  config = config_lib.base_config()
+  config.objective = 'language_model'
+  config.dataset = config_lib.language_model_dataset('shakespeare_char')
+  block_size = ml_collections.FieldReference(128)
+  config.dataset.block_size = block_size
+  config.model = ml_collections.ConfigDict({
+      'name': 'gpt',
+      'vocab_size': -1,  # From the tokenizer.
+      'block_size': block_size,  # The same reference: overriding either changes both.
+      'num_layers': 4,
+      'width': 256,
+      'num_heads': 4,
+      'mlp_ratio': 4,
+      'positions': 'learned',
+      'dropout_rate': 0.0,  # Short runs on 4.4 M characters do not overfit.
+      'attention_impl': 'auto',
+  })
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.optimizer = 'adamw'  # Weight decay on matrices and embeddings, not biases or LN scales.
+  config.learning_rate = 2e-3
+  config.weight_decay = 0.1
+  config.schedule = 'warmup_cosine'
+  config.warmup_steps = 200
+  config.grad_clip_norm = 1.0
+  config.num_train_steps = 5000
+  config.log_every_steps = 100
+  config.eval_every_steps = 1000
+  config.checkpoint_every_steps = 1000
+
+  if 'large' in args:
+    config.model.update(gpt.SIZES['mini'])
+    block_size.set(256)
+    config.batch_size = 16
+    config.learning_rate = 1e-3
+    config.num_train_steps = 10000
+  if 'bpe' in args:
+    config.dataset.tokenizer = 'bpe'
+    config.dataset.vocab_size = 1024
+  if 'finetune' in args:
+    config.dataset.genres = 'comedies'
+    config.learning_rate /= 10
+    config.warmup_steps = 50
+    config.num_train_steps = 1000
+    config.eval_every_steps = 250
+  if 'smoke' in args:
+    config.model.update(num_layers=2, width=32, num_heads=2)
+    block_size.set(32)
+    config.dataset.num_eval_examples = 64
+    config.batch_size = 16
+    config.eval_batch_size = 32
+    config.warmup_steps = 5
+    config.num_train_steps = 20
+    config.log_every_steps = 5
+    config.eval_every_steps = 10
+    config.checkpoint_every_steps = 10
+    config.progress_bar = False
+  return config

@@ -1,0 +1,197 @@
+"""Tokenizers for the text datasets: characters, bytes, byte-level BPE, and words.
+
+Each one is saved with its run (`WORKDIR/tokenizer.json`) and restored from there, so resuming and
+sampling use exactly the tokenizer that training used, even if the corpus or the code changes.
+
+- `char`: the characters of the training split, sorted; id 0 stands for any other character.
+- `byte`: UTF-8 bytes, vocabulary 256, nothing to build.
+- `bpe`: byte-level BPE trained on the training split by the `tokenizers` library.
+- `word`: lower-cased words and punctuation (classification); id 0 pads, id 1 is unknown.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import json
+import re
+from typing import Iterable
+
+import numpy as np
+
+from dl10_jax.errors import ConfigError, DataError
+
+KINDS = ('char', 'byte', 'bpe', 'word')
+_UNKNOWN_CHAR = '\ufffd'  # What id 0 of the char tokenizer decodes to.
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)*|[^\sa-z]")
+
+
+class Tokenizer(abc.ABC):
+  """Text <-> int32 ids."""
+  kind: str
+  vocab_size: int
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> np.ndarray:
+    """int32[N] ids."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of `ids`; decode(encode(t)) == t for text the tokenizer can represent."""
+
+  def unknown(self, text: str) -> list[str]:
+    """The characters of `text` this tokenizer cannot represent (empty for byte-level ones)."""
+    return []
+
+  def to_json(self) -> str:
+    return json.dumps({'kind': self.kind, **self._state()}, ensure_ascii=False)
+
+  @abc.abstractmethod
+  def _state(self) -> dict:
+    """What `from_json` needs to rebuild this tokenizer."""
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Tokenizer) and self.to_json() == other.to_json()
+
+
+class CharTokenizer(Tokenizer):
+  kind = 'char'
+
+  def __init__(self, chars: str):
+    self.chars = ''.join(sorted(set(chars)))
+    self.vocab_size = len(self.chars) + 1  # + the unknown id 0.
+    self._codes = np.array([ord(c) for c in self.chars], np.int64)
+
+  @classmethod
+  def build(cls, text: str) -> 'CharTokenizer':
+    return cls(''.join(set(text)))
+
+  def encode(self, text: str) -> np.ndarray:
+    codes = np.frombuffer(text.encode('utf-32-le'), np.uint32).astype(np.int64)
+    pos = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+    return np.where(self._codes[pos] == codes, pos + 1, 0).astype(np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return ''.join(self.chars[i - 1] if 0 < i <= len(self.chars) else _UNKNOWN_CHAR
+                   for i in np.asarray(ids).tolist())
+
+  def unknown(self, text: str) -> list[str]:
+    return sorted(set(text) - set(self.chars))
+
+  def _state(self) -> dict:
+    return {'chars': self.chars}
+
+
+class ByteTokenizer(Tokenizer):
+  kind = 'byte'
+  vocab_size = 256
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return bytes(np.asarray(ids, np.uint8).tolist()).decode('utf-8', errors='replace')
+
+  def _state(self) -> dict:
+    return {}
+
+
+class BpeTokenizer(Tokenizer):
+  """Byte-level BPE (GPT-2 style) from the `tokenizers` library."""
+  kind = 'bpe'
+
+  def __init__(self, hf_json: str):
+    import tokenizers
+    self._hf = tokenizers.Tokenizer.from_str(hf_json)
+    self._json = hf_json
+    self.vocab_size = self._hf.get_vocab_size()
+
+  @classmethod
+  def build(cls, text: str, vocab_size: int) -> 'BpeTokenizer':
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = text.splitlines(keepends=True)
+    hf.train_from_iterator((''.join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)),
+                           trainer)
+    return cls(hf.to_str())
+
+  def encode(self, text: str) -> np.ndarray:
+    # Line by line, in parallel (the library's batch encoder): merges never cross a line end.
+    lines = text.splitlines(keepends=True)
+    encodings = self._hf.encode_batch(lines) if lines else []
+    ids = [e.ids for e in encodings]
+    return np.fromiter((i for row in ids for i in row), np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._hf.decode(np.asarray(ids).tolist())
+
+  def _state(self) -> dict:
+    return {'hf': self._json}
+
+
+class WordTokenizer(Tokenizer):
+  """The `vocab_size - 2` most frequent training words; 0 pads, 1 is an unknown word."""
+  kind = 'word'
+  PAD, UNKNOWN = 0, 1
+
+  def __init__(self, words: list[str]):
+    self.words = list(words)
+    self.vocab_size = len(self.words) + 2
+    self._ids = {w: i + 2 for i, w in enumerate(self.words)}
+
+  @staticmethod
+  def split(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+  @classmethod
+  def build(cls, texts: Iterable[str], vocab_size: int) -> 'WordTokenizer':
+    counts = collections.Counter(w for t in texts for w in cls.split(t))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # Ties broken by spelling.
+    return cls([w for w, _ in ranked[:vocab_size - 2]])
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.array([self._ids.get(w, self.UNKNOWN) for w in self.split(text)], np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return ' '.join('<unk>' if i == self.UNKNOWN else self.words[i - 2]
+                    for i in np.asarray(ids).tolist() if i != self.PAD)
+
+  def _state(self) -> dict:
+    return {'words': self.words}
+
+
+def build(kind: str, train_text: str | list[str], vocab_size: int = 0) -> Tokenizer:
+  """A tokenizer of `kind` built from the training split (`vocab_size` for bpe and word)."""
+  if kind not in KINDS:
+    raise ConfigError(f'dataset.tokenizer={kind!r} is not supported; allowed: {", ".join(KINDS)}')
+  if kind in ('bpe', 'word') and vocab_size < (257 if kind == 'bpe' else 3):
+    raise ConfigError(f'dataset.vocab_size={vocab_size} is too small for the {kind} tokenizer; '
+                      f'use at least {257 if kind == "bpe" else 3}')
+  text = train_text if isinstance(train_text, str) else '\n'.join(train_text)
+  if kind == 'char':
+    return CharTokenizer.build(text)
+  if kind == 'byte':
+    return ByteTokenizer()
+  if kind == 'bpe':
+    return BpeTokenizer.build(text, vocab_size)
+  return WordTokenizer.build(train_text if isinstance(train_text, list) else [text], vocab_size)
+
+
+def from_json(text: str) -> Tokenizer:
+  state = json.loads(text)
+  kind = state.pop('kind', None)
+  if kind == 'char':
+    return CharTokenizer(state['chars'])
+  if kind == 'byte':
+    return ByteTokenizer()
+  if kind == 'bpe':
+    return BpeTokenizer(state['hf'])
+  if kind == 'word':
+    return WordTokenizer(state['words'])
+  raise DataError(f'unknown tokenizer kind {kind!r} in a saved tokenizer; allowed: '
+                  f'{", ".join(KINDS)}')

@@ -1,0 +1,121 @@
+"""Attention: the one scaled dot-product attention function every model calls.
+
+`dot_product_attention(q, k, v, ..., impl=...)` hides how attention runs, so a model never changes
+when a faster implementation arrives (`config.model.attention_impl`):
+
+- `xla`: plain jnp, the reference every other implementation is tested against.
+- `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (NVIDIA GPUs, fp16/bf16).
+- `pallas`: the Pallas flash-attention kernel (the kernels issue; a clear error until it lands).
+- `auto`: the best available for the backend, dtype and shape, logged once.
+
+Layout [B, T, H, D] (batch, time, heads, head dim) as in `jax.nn.dot_product_attention`; keys and
+values may have fewer heads than queries (grouped-query attention).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from dl10_jax.errors import ConfigError
+
+IMPLS = ('xla', 'cudnn', 'pallas', 'auto')
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(choice: str, reason: str) -> None:
+  logging.info('attention_impl=auto uses %s (%s)', choice, reason)
+
+
+def resolve_impl(impl: str, dtype: jnp.dtype, has_bias_or_segments: bool = False) -> str:
+  """The implementation `impl` stands for here; a clear error if this backend cannot run it."""
+  if impl not in IMPLS:
+    raise ConfigError(f'attention_impl={impl!r} is not supported; allowed: {", ".join(IMPLS)}')
+  backend = jax.default_backend()
+  if impl == 'auto':
+    if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+      choice, reason = 'cudnn', f'{backend}, {jnp.dtype(dtype).name}'
+    else:
+      choice, reason = 'xla', f'{backend}, {jnp.dtype(dtype).name}'
+    _log_choice(choice, reason)
+    return choice
+  if impl == 'cudnn' and backend != 'gpu':
+    raise ConfigError(f'attention_impl=cudnn needs an NVIDIA GPU, but the backend is {backend}; '
+                      'use xla or auto')
+  if impl == 'pallas':
+    raise ConfigError('attention_impl=pallas is not available yet (the Pallas kernels are a later '
+                      'issue); use xla, cudnn or auto')
+  return impl
+
+
+def make_mask(q_len: int, k_len: int, *, causal: bool = False, q_offset: jax.Array | int = 0,
+              q_segment_ids: jax.Array | None = None, kv_segment_ids: jax.Array | None = None,
+              kv_valid: jax.Array | None = None) -> jax.Array | None:
+  """Boolean [B or 1, 1, Tq, Tk] mask: True where a query may attend to a key.
+
+  causal: query i (at absolute position q_offset + i) sees keys at positions <= its own.
+  segment ids [B, T]: queries see only keys of their own segment (packed sequences).
+  kv_valid [B, Tk]: False marks padding keys.
+  """
+  mask = None
+
+  def combine(m):
+    return m if mask is None else mask & m
+
+  if causal:
+    q_pos = jnp.arange(q_len)[:, None] + q_offset
+    mask = combine((jnp.arange(k_len)[None, :] <= q_pos)[None, None])
+  if q_segment_ids is not None:
+    kv = q_segment_ids if kv_segment_ids is None else kv_segment_ids
+    mask = combine((q_segment_ids[:, :, None] == kv[:, None, :])[:, None])
+  if kv_valid is not None:
+    mask = combine(kv_valid[:, None, None, :].astype(bool))
+  return mask
+
+
+def _xla(q, k, v, mask, scale, return_weights):
+  groups = q.shape[2] // k.shape[2]
+  b, tq, _, d = q.shape
+  qg = q.reshape(b, tq, k.shape[2], groups, d)  # [B, Tq, K, G, D]
+  scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k).astype(jnp.float32) * scale
+  if mask is not None:  # [B|1, H|1, Tq, Tk] -> [B|1, K|1, G|1, Tq, Tk]
+    m = jnp.broadcast_to(mask, (mask.shape[0], q.shape[2], tq, k.shape[1]))
+    m = m.reshape(mask.shape[0], k.shape[2], groups, tq, k.shape[1])
+    scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum('bkgqs,bskd->bqkgd', weights.astype(v.dtype), v).reshape(q.shape)
+  if return_weights:
+    return out, weights.reshape(b, q.shape[2], tq, k.shape[1])
+  return out
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          mask: jax.Array | None = None, causal: bool = False,
+                          impl: str = 'xla', scale: float | None = None,
+                          return_weights: bool = False):
+  """softmax(q k^T * scale + masked) v.  q [B, Tq, H, D], k / v [B, Tk, K, D] (H % K == 0).
+
+  mask: boolean, broadcastable to [B, H, Tq, Tk] (see `make_mask`); causal adds the causal mask.
+  Returns [B, Tq, H, D] (and the weights [B, H, Tq, Tk] with return_weights, `xla` only).
+  """
+  if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or q.shape[2] % k.shape[2] \
+      or q.shape[3] != k.shape[3]:
+    raise ConfigError(f'attention shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit: need '
+                      'q [B, Tq, H, D] and k = v [B, Tk, K, D] with H a multiple of K')
+  if mask is not None:
+    want = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if mask.ndim != 4 or any(m not in (1, w) for m, w in zip(mask.shape, want)):
+      raise ConfigError(f'attention mask of shape {mask.shape} does not broadcast to [B, H, Tq, Tk]'
+                        f' = {want}')
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  impl = resolve_impl(impl, q.dtype)
+  if impl == 'xla' or return_weights:
+    if causal:
+      causal_mask = make_mask(q.shape[1], k.shape[1], causal=True)
+      mask = causal_mask if mask is None else mask & causal_mask
+    return _xla(q, k, v, mask, scale, return_weights)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal,
+                                      implementation=impl)

@@ -1,0 +1,240 @@
+"""Recurrent networks (seed algorithms 2 and 3): the Elman RNN and the LSTM.
+
+Both cells follow the standard equations, with the input projection of every time step hoisted out
+of the recurrence as one matmul (the loop does only h_{t-1} @ W_hh):
+
+  RNN:   h_t = tanh(W_ih x_t + b + W_hh h_{t-1})
+  LSTM:  [i, f, g, o] = W_ih x_t + b + W_hh h_{t-1}      (gate order of torch.nn.LSTM)
+         c_t = σ(f) c_{t-1} + σ(i) tanh(g),   h_t = σ(o) tanh(c_t)
+
+The output gate reads x_t and h_{t-1} like the others (not the cell state), and the forget-gate bias
+starts at 1. A padding mask freezes the state on padded steps, so a classifier's final state is
+that of each sequence's last valid step. `lstm_impl` selects how the LSTM recurrence runs
+(`xla`: `lax.scan`; the kernels issue adds `pallas` and `auto`).
+
+Models: `RecurrentLM` (embedding -> stack -> vocabulary logits, with a state cache for sampling)
+and `RecurrentClassifier` (token ids or images read as sequences -> stack -> pooled -> logits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dl10_jax.errors import ConfigError
+
+CELLS = ('rnn', 'lstm')
+LSTM_IMPLS = ('xla',)
+POOLINGS = ('last', 'mean')
+Carry = tuple[jax.Array, ...]  # (h,) for the RNN, (h, c) for the LSTM; each [B, H] float32.
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
+
+
+def recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
+               mask: jax.Array | None = None, reverse: bool = False,
+               impl: str = 'xla') -> tuple[jax.Array, Carry]:
+  """Runs `cell` over time. xw [T, B, G*H] (inputs already projected), w_hh [H, G*H].
+
+  Returns the hidden states [T, B, H] and the final carry. Where mask [T, B] is 0 the carry is
+  kept and the output is 0.
+  """
+  if cell == 'lstm':
+    _check('model.lstm_impl', impl, LSTM_IMPLS)
+
+  def step(carry, inputs):
+    xw_t, m_t = inputs
+    z = xw_t + (carry[0].astype(w_hh.dtype) @ w_hh).astype(xw_t.dtype)
+    z = z.astype(jnp.float32)  # State arithmetic in float32, also under bfloat16 compute.
+    if cell == 'lstm':
+      i, f, g, o = jnp.split(z, 4, axis=-1)
+      c = jax.nn.sigmoid(f) * carry[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
+      new = (jax.nn.sigmoid(o) * jnp.tanh(c), c)
+    else:
+      new = (jnp.tanh(z),)
+    if m_t is not None:
+      keep = m_t[:, None] > 0
+      new = tuple(jnp.where(keep, n, old) for n, old in zip(new, carry))
+      return new, jnp.where(keep, new[0], 0.0)
+    return new, new[0]
+
+  carry, hs = jax.lax.scan(step, carry, (xw, mask), reverse=reverse)
+  return hs, carry
+
+
+class RecurrentLayer(nn.Module):
+  """One recurrent layer over [B, T, F] inputs; parameters `input` (Dense) and `recurrent_kernel`."""
+  cell: str
+  features: int
+  reverse: bool = False
+  lstm_impl: str = 'xla'
+  dtype: Any = jnp.float32
+
+  def zero_carry(self, batch_size: int) -> Carry:
+    zeros = jnp.zeros((batch_size, self.features), jnp.float32)
+    return (zeros, zeros) if self.cell == 'lstm' else (zeros,)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               carry: Carry | None = None) -> tuple[jax.Array, Carry]:
+    _check('model.cell', self.cell, CELLS)
+    gates = 4 if self.cell == 'lstm' else 1
+    h = self.features
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      if self.cell == 'lstm':  # Forget gate (the second quarter) starts open.
+        return jnp.zeros(shape, dtype).at[h:2 * h].set(1.0)
+      return jnp.zeros(shape, dtype)
+
+    xw = nn.Dense(gates * h, dtype=self.dtype, bias_init=bias_init, name='input')(x)  # [B, T, G*H]
+    w_hh = self.param('recurrent_kernel', nn.initializers.orthogonal(column_axis=-1),
+                      (h, gates * h), jnp.float32).astype(self.dtype)
+    if carry is None:
+      carry = self.zero_carry(x.shape[0])
+    time_mask = None if mask is None else mask.T  # [T, B]
+    hs, carry = recurrence(self.cell, xw.swapaxes(0, 1), w_hh, carry, time_mask, self.reverse,
+                           self.lstm_impl)
+    return hs.swapaxes(0, 1).astype(self.dtype), carry  # [B, T, H]
+
+
+class RecurrentStack(nn.Module):
+  """`num_layers` layers (each optionally bidirectional), dropout between layers."""
+  cell: str
+  features: int
+  num_layers: int
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  lstm_impl: str = 'xla'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool,
+               carries: list[Carry] | None = None) -> tuple[jax.Array, list[Carry]]:
+    """x [B, T, F] -> ([B, T, H or 2H], final carries: one per layer and direction)."""
+    out_carries = []
+    for layer in range(self.num_layers):
+      if layer:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      directions = (False, True) if self.bidirectional else (False,)
+      outputs = []
+      for reverse in directions:
+        index = len(out_carries)
+        y, carry = RecurrentLayer(self.cell, self.features, reverse, self.lstm_impl, self.dtype,
+                                  name=f'layer{layer}' + ('_reverse' if reverse else ''))(
+                                      x, mask, None if carries is None else carries[index])
+        outputs.append(y)
+        out_carries.append(carry)
+      x = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+    return x, out_carries
+
+
+class RecurrentLM(nn.Module):
+  """Token ids [B, T] -> next-token logits [B, T, V]: embedding -> stack -> dense (or tied)."""
+  vocab_size: int
+  cell: str = 'lstm'
+  embed_dim: int = 128
+  hidden_size: int = 512
+  num_layers: int = 1
+  dropout_rate: float = 0.0
+  tie_embeddings: bool = False
+  lstm_impl: str = 'xla'
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.tie_embeddings and self.embed_dim != self.hidden_size:
+      raise ConfigError(f'model.tie_embeddings needs embed_dim == hidden_size, not '
+                        f'{self.embed_dim} and {self.hidden_size}')
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
+    self.stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers,
+                                dropout_rate=self.dropout_rate, lstm_impl=self.lstm_impl,
+                                dtype=self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+    if not self.tie_embeddings:
+      self.head = nn.Dense(self.vocab_size, dtype=self.dtype)
+
+  def _logits(self, h: jax.Array) -> jax.Array:
+    logits = self.embed.attend(h) if self.tie_embeddings else self.head(h)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    x = self.dropout(self.embed(tokens), deterministic=not train)
+    h, _ = self.stack(x, None, train)
+    return self._logits(self.dropout(h, deterministic=not train))
+
+  def flops_per_token(self, params: Any, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per matmul parameter (the embedding is a lookup unless tied)."""
+    del seq_len
+    lookup = () if self.tie_embeddings else ('embed',)
+    return 6.0 * sum(x.size for k, v in params.items() if k not in lookup
+                     for x in jax.tree.leaves(v))
+
+  # --- Incremental decoding (dl10_jax/sampling.py): the cache is the recurrent state. ---
+
+  def init_cache(self, batch_size: int, max_len: int) -> list[Carry]:
+    del max_len  # A recurrent state has a fixed size.
+    zeros = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
+    return [(zeros, zeros) if self.cell == 'lstm' else (zeros,)] * self.num_layers
+
+  def extend(self, tokens: jax.Array, cache: list[Carry], start: jax.Array,
+             length: jax.Array) -> tuple[jax.Array, list[Carry]]:
+    """Feeds tokens [B, t] of which the first `length` are real; returns logits [B, t, V]."""
+    del start  # The state already holds the position.
+    mask = jnp.broadcast_to(jnp.arange(tokens.shape[1]) < length, tokens.shape)
+    h, cache = self.stack(self.embed(tokens), mask, False, cache)
+    return self._logits(h), cache
+
+
+class RecurrentClassifier(nn.Module):
+  """A sequence classifier: ids [B, L] (0 pads) or images [B, H, W, C] -> logits [B, classes].
+
+  Images are read as sequences of rows ([B, H, W*C], `image_steps='rows'`) or of pixels
+  ([B, H*W, C], `'pixels'`). The sequence representation is the final state of the last valid
+  step (`pooling='last'`; both directions' if bidirectional) or the masked mean over time
+  (`'mean'`).
+  """
+  num_classes: int
+  vocab_size: int = 0  # Token inputs only.
+  cell: str = 'lstm'
+  embed_dim: int = 128
+  hidden_size: int = 128
+  num_layers: int = 2
+  bidirectional: bool = False
+  pooling: str = 'last'
+  image_steps: str = 'rows'
+  dropout_rate: float = 0.0
+  lstm_impl: str = 'xla'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
+    _check('model.pooling', self.pooling, POOLINGS)
+    if jnp.issubdtype(inputs.dtype, jnp.integer):
+      if self.vocab_size < 1:
+        raise ConfigError('model.vocab_size must be set (> 0) for token inputs')
+      mask = inputs != 0  # [B, L]
+      x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)(inputs)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    else:
+      _check('model.image_steps', self.image_steps, ('rows', 'pixels'))
+      b, height, width, channels = inputs.shape
+      steps = height if self.image_steps == 'rows' else height * width
+      x = inputs.reshape(b, steps, -1).astype(self.dtype)
+      mask = None
+    h, carries = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
+                                self.dropout_rate, self.lstm_impl, self.dtype)(x, mask, train)
+    if self.pooling == 'last':
+      last = carries[-2:] if self.bidirectional else carries[-1:]
+      pooled = jnp.concatenate([c[0] for c in last], axis=-1)
+    elif mask is None:
+      pooled = h.mean(axis=1)
+    else:
+      weights = mask[..., None].astype(h.dtype)
+      pooled = (h * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+    pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(pooled).astype(jnp.float32)
