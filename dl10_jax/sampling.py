@@ -46,7 +46,8 @@ def _generate(model: nn.Module, params: Any, prompt: jax.Array, prompt_len: jax.
               temperature: float, top_k: int, top_p: float) -> jax.Array:
   context = getattr(model, 'block_size', None)
   max_len = min(bucket + max_new_tokens, context) if context else bucket + max_new_tokens
-  keep = max(1, (context or max_len) // 2)  # Tokens re-read when a finite context is full.
+  # Tokens re-read when a finite context is full (min: traced even where it cannot happen).
+  keep = min(max(1, (context or max_len) // 2), bucket + max_new_tokens)
   apply = functools.partial(model.apply, {'params': params}, method=model.extend)
 
   history = jnp.zeros((num_samples, bucket + max_new_tokens), jnp.int32)

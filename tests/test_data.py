@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dl10_jax import config_lib
+from dl10_jax import config_lib, data
 from dl10_jax.data import idx, pipeline, sources
 from dl10_jax.errors import ConfigError, DataError
 
@@ -45,10 +45,10 @@ def test_idx_reader_reads_what_was_written(idx_dir):
 
 
 def test_data_dir_points_mnist_at_any_idx_directory(idx_dir, monkeypatch):
-  splits = sources.load(_dataset_config(name='mnist', data_dir=str(idx_dir)))
+  splits = data.load(_dataset_config(name='mnist', data_dir=str(idx_dir)))
   assert (len(splits.train), len(splits.eval), splits.num_classes) == (50, 20, 10)
   monkeypatch.setenv('DL10_DATA_DIR', str(idx_dir))
-  assert len(sources.load(_dataset_config(name='mnist')).train) == 50
+  assert len(data.load(_dataset_config(name='mnist')).train) == 50
 
 
 def test_missing_or_corrupt_files_say_how_to_get_them(idx_dir, tmp_path_factory):
@@ -64,15 +64,15 @@ def test_missing_or_corrupt_files_say_how_to_get_them(idx_dir, tmp_path_factory)
 
 def test_bad_dataset_names_are_config_errors():
   with pytest.raises(ConfigError, match='dataset.name is empty'):
-    sources.load(_dataset_config(name=''))
+    data.load(_dataset_config(name=''))
   with pytest.raises(ConfigError, match="dataset.source='s3' is not supported"):
-    sources.load(_dataset_config(name='mnist', source='s3'))
+    data.load(_dataset_config(name='mnist', source='s3'))
   with pytest.raises(ConfigError, match="nor a TFDS dataset"):
-    sources.load(_dataset_config(name='no_such_dataset_xyz', source='tfds'))
+    data.load(_dataset_config(name='no_such_dataset_xyz', source='tfds'))
 
 
 def test_real_fashion_mnist_is_the_offline_default():
-  splits = sources.load(_dataset_config(name='fashion_mnist'))
+  splits = data.load(_dataset_config(name='fashion_mnist'))
   assert (len(splits.train), len(splits.eval)) == (60_000, 10_000)
   record = splits.eval[0]
   assert record['image'].shape == (28, 28, 1) and record['image'].dtype == np.uint8
@@ -82,9 +82,10 @@ def test_real_fashion_mnist_is_the_offline_default():
 
 def test_tfds_sources_by_name_with_mock_data():
   with tfds.testing.mock_data(num_examples=24):
-    splits = sources.load(_dataset_config(name='mnist', source='tfds'))
+    splits = data.load(_dataset_config(name='mnist', source='tfds'))
   assert len(splits.train) == 24 and splits.num_classes == 10
-  batch = next(pipeline.train_iterator(splits.train, 8, seed=0, prefetch=1))
+  batch = next(pipeline.train_iterator(splits.train, 8, seed=0, prefetch=1,
+                                       preprocess=splits.preprocess))
   assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
 
 
@@ -115,7 +116,7 @@ def test_train_iterator_state_resumes_the_exact_stream():
 def test_eval_batches_pad_and_mask_the_last_batch():
   source = sources.ArraySource({'image': np.full((10, 2, 2, 1), 255, np.uint8),
                                 'label': np.arange(10)})
-  batches = list(pipeline.eval_batches(source, 4))
+  batches = list(pipeline.eval_batches(source, 4, sources.scale_images))
   assert [b['image'].shape[0] for b in batches] == [4, 4, 4]
   assert [b['mask'].sum() for b in batches] == [4, 4, 2]
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches])[:10], np.arange(10))

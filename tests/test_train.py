@@ -1,5 +1,6 @@
 """The shared training loop on real data: learning, data parallelism, resume, divergence."""
 
+import importlib
 import json
 import math
 import signal
@@ -46,35 +47,47 @@ def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
   assert one['eval_loss'] == pytest.approx(eight['eval_loss'], rel=1e-4)
 
 
-def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(cnn_smoke_config, tmp_path):
-  # Logs every 3 steps, out of step with the checkpoints: the resumed log must still match.
-  overrides = dict(num_train_steps=40, log_every_steps=3, checkpoint_every_steps=10,
-                   eval_every_steps=20)
-  cnn_smoke_config.update(overrides)
-  train_and_evaluate(cnn_smoke_config, tmp_path / 'reference')
+@pytest.mark.parametrize('config_arg,overrides', [
+    ('configs/cnn.py:smoke', dict(num_train_steps=40, log_every_steps=3, checkpoint_every_steps=10,
+                                  eval_every_steps=20)),
+    # A faster step: more steps, so that the kill lands between checkpoints.
+    ('configs/gpt.py:smoke', dict(num_train_steps=400, log_every_steps=7,
+                                  checkpoint_every_steps=100, eval_every_steps=200)),
+])
+def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(config_arg, overrides,
+                                                                    tmp_path):
+  # Logs out of step with the checkpoints: the resumed log must still match.
+  path, arg = config_arg.split(':')
+  config = importlib.import_module(path[:-3].replace('/', '.')).get_config(arg)
+  config.update(overrides)
+  train_and_evaluate(config, tmp_path / 'reference')
   reference = _events(tmp_path / 'reference', 'train_loss')
+  eval_key = 'eval_accuracy' if 'cnn' in path else 'eval_loss'
 
   workdir = tmp_path / 'killed'
-  command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
+  first_save = overrides['checkpoint_every_steps']
+  command = [sys.executable, '-m', 'dl10_jax.main', '--config', config_arg,
              '--workdir', str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 120
-  while not (workdir / 'checkpoints' / '10').is_dir() and time.time() < deadline:
+  while not (workdir / 'checkpoints' / str(first_save)).is_dir() and time.time() < deadline:
     time.sleep(0.01)
   process.send_signal(signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL
   killed_at = max(_events(workdir, 'train_loss'))
-  assert 10 <= killed_at < 40, 'the run must die between checkpoints for this test to mean much'
+  assert first_save <= killed_at < overrides['num_train_steps'], \
+      'the run must die between checkpoints for this test to mean much'
 
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert 'Resumed from the checkpoint of step' in result.stdout
   resumed = _events(workdir, 'train_loss')
   assert resumed == reference  # Exactly, step for step, on CPU.
-  assert _events(workdir, 'eval_accuracy') == _events(tmp_path / 'reference', 'eval_accuracy')
+  assert _events(workdir, eval_key) == _events(tmp_path / 'reference', eval_key)
   kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert kept == [20, 30, 40]  # keep_checkpoints=3.
+  n = overrides['num_train_steps']
+  assert kept == [n - 2 * first_save, n - first_save, n]  # keep_checkpoints=3.
 
 
 def test_nan_loss_stops_the_run_naming_the_step(cnn_smoke_config, tmp_path):

@@ -122,9 +122,8 @@ def _tokenizer(config: ml_collections.ConfigDict, saved: tokenizer_lib.Tokenizer
 
 
 def _corpus_key(config: ml_collections.ConfigDict) -> Any:
-  if config.name == 'text_file':
-    stat = pathlib.Path(config.path).stat()
-    return [str(pathlib.Path(config.path).absolute()), stat.st_size, stat.st_mtime_ns]
+  if config.name == 'text_file':  # The content itself (hashing is fast; tokenizing is not).
+    return hashlib.sha256(_read_text_file(config.path).encode()).hexdigest()
   if config.name.startswith('shakespeare'):
     return shakespeare.corpus_version()
   return f'tfds:{config.name}:{config.get("data_dir", "")}'

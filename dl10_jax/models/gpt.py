@@ -37,8 +37,8 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Ar
   """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T]."""
   half = x.shape[-1] // 2
   freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions.astype(jnp.float32)[:, None] * freqs  # [T, D/2]
-  cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
+  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
 

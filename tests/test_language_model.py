@@ -1,0 +1,120 @@
+"""Language models and sequence classifiers through the shared loop: learning, resume, init_from."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dl10_jax.errors import ConfigError
+from dl10_jax.train import checkpoint
+from dl10_jax.train.trainer import restore_run, train_and_evaluate
+from configs import gpt, lstm, rnn, seq_fmnist
+
+
+def _events(workdir, key):
+  events = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return {e['step']: e[key] for e in events if key in e}
+
+
+@pytest.mark.parametrize('get_config,arg', [(lstm.get_config, 'smoke'), (rnn.get_config, 'lm,smoke'),
+                                            (gpt.get_config, 'smoke')])
+def test_language_models_learn_real_text(get_config, arg, tmp_path):
+  config = get_config(arg)
+  config.num_train_steps = 40
+  final = train_and_evaluate(config, tmp_path)
+  first_loss = _events(tmp_path, 'train_loss')[5]
+  assert final['eval_loss'] < first_loss - 0.4, (first_loss, final)
+  assert final['eval_bits_per_char'] == pytest.approx(final['eval_loss'] / np.log(2))
+  assert final['tokens_per_sec'] > 0 and 0 < final['mfu'] < 1
+  assert (tmp_path / 'tokenizer.json').exists()
+
+
+@pytest.mark.parametrize('arg', ['smoke', 'rnn,smoke'])
+def test_recurrent_classifiers_learn_sequential_fashion_mnist(arg, tmp_path):
+  final = train_and_evaluate(seq_fmnist.get_config(arg), tmp_path)
+  assert final['eval_accuracy'] > 0.35  # 64 steps on 1,024 images; chance is 0.1.
+
+
+def test_genre_classifier_trains_on_word_tokens(tmp_path):
+  final = train_and_evaluate(rnn.get_config('smoke'), tmp_path)
+  losses = list(_events(tmp_path, 'train_loss').values())
+  assert np.isfinite(final['eval_loss']) and 0 <= final['eval_accuracy'] <= 1
+  assert losses[-1] < losses[0]
+
+
+def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_step(tmp_path):
+  config = gpt.get_config('smoke')
+  config.num_train_steps = 10
+  train_and_evaluate(config, tmp_path / 'pretrain')
+  _, pretrained = restore_run(tmp_path / 'pretrain', jax.devices()[:1])
+
+  config.update(init_from=str(tmp_path / 'pretrain'), init_reinit='block1/mlp',
+                num_train_steps=1, learning_rate=1e-12, schedule='constant', warmup_steps=0,
+                grad_clip_norm=0.0)
+  train_and_evaluate(config, tmp_path / 'finetune')
+  _, tuned = restore_run(tmp_path / 'finetune', jax.devices()[:1])
+  assert int(tuned.step) == 1  # A fresh step count, and a fresh optimizer:
+  assert int(tuned.opt_state[0].count) == 1
+  close = lambda a, b: np.allclose(a, b, atol=1e-6)
+  assert close(tuned.params['block0']['attn']['qkv']['kernel'],
+               pretrained.params['block0']['attn']['qkv']['kernel'])
+  assert not close(tuned.params['block1']['mlp']['fc']['kernel'],  # Re-initialised by pattern.
+                   pretrained.params['block1']['mlp']['fc']['kernel'])
+
+
+def test_init_from_a_differently_shaped_run_fails_with_one_line(tmp_path):
+  config = gpt.get_config('smoke')
+  config.update(num_train_steps=2, warmup_steps=0)
+  train_and_evaluate(config, tmp_path / 'small')
+  config.update(init_from=str(tmp_path / 'small'))
+  config.model.width = 64
+  with pytest.raises(ConfigError, match=r'init_from: parameter .* has shape \(.*32.*\) in .* '
+                     r'but \(.*64.*\) here'):
+    train_and_evaluate(config, tmp_path / 'wide')
+  with pytest.raises(ConfigError, match='holds no checkpoint'):
+    checkpoint.load_params(tmp_path / 'nowhere', {}, '')
+
+
+def _sample(*args):
+  return subprocess.run([sys.executable, '-m', 'dl10_jax.sample', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=180)
+
+
+def test_smoke_configs_through_main_and_sample(tmp_path):
+  workdir = tmp_path / 'gpt'
+  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
+                           'configs/gpt.py:smoke', '--workdir', str(workdir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  greedy = ['--workdir', str(workdir), '--prompt', 'ROMEO:', '--max_new_tokens', '40',
+            '--temperature', '0']
+  first, second = _sample(*greedy), _sample(*greedy)
+  assert first.returncode == 0, first.stderr
+  assert first.stdout == second.stdout  # Greedy decoding is deterministic.
+  assert first.stdout.startswith('ROMEO:') and len(first.stdout) >= 46
+  sampled = _sample('--workdir', str(workdir), '--num_samples', '2', '--top_k', '5',
+                    '--top_p', '0.9', '--max_new_tokens', '50')  # Past the 32-token context.
+  assert sampled.returncode == 0 and sampled.stdout.count('-' * 40) == 1, sampled.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--prompt', 'caf\u00e9 \u4e00'], "characters outside the vocabulary of this run: "),
+    (['--top_p', '0'], r'--top_p=0.0 must be in \(0, 1\]'),
+])
+def test_sample_errors_are_one_line(args, message, tmp_path):
+  config = gpt.get_config('smoke')
+  config.update(num_train_steps=1, warmup_steps=0)
+  train_and_evaluate(config, tmp_path)
+  result = _sample('--workdir', str(tmp_path), *args)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert [l for l in result.stderr.splitlines() if l.startswith('error: ')][0].count(message[:20])
+
+
+def test_sample_from_a_workdir_without_a_run_fails_with_one_line(tmp_path):
+  result = _sample('--workdir', str(tmp_path))
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'holds no trained run' in result.stderr
