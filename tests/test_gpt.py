@@ -122,3 +122,19 @@ def test_attention_rejects_bad_impls_and_masks():
     with pytest.raises(ConfigError, match='attention_impl=cudnn needs an NVIDIA GPU'):
       attention.dot_product_attention(q, q, q, impl='cudnn')
   assert attention.resolve_impl('auto', jnp.float32) in attention.IMPLS
+
+
+@pytest.mark.parametrize('t,kv_heads', [(1, 4), (7, 4), (64, 2), (129, 4), (200, 1)])
+def test_blocked_causal_attention_equals_xla_in_value_and_gradient(t, kv_heads):
+  keys = jax.random.split(jax.random.PRNGKey(t), 4)
+  q = jax.random.normal(keys[0], (2, t, 4, 16))
+  k, v = (jax.random.normal(key, (2, t, kv_heads, 16)) for key in keys[1:3])
+  cotangent = jax.random.normal(keys[3], q.shape)
+
+  def run(impl):
+    f = lambda q, k, v: jnp.sum(attention.dot_product_attention(q, k, v, causal=True,
+                                                                impl=impl) * cotangent)
+    return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               run('blocked'), run('xla'))

@@ -111,3 +111,31 @@ def test_language_model_extend_equals_the_full_pass(cell):
     logits, cache = model.apply(params, tokens[:, t:t + 1], cache, t, 1, method=model.extend)
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize('cell', ['rnn', 'lstm'])
+@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_custom_vjp_recurrence_equals_jax_autodiff_of_the_scan(cell, masked, reverse):
+  gates = 4 if cell == 'lstm' else 1
+  t, b, h = 9, 3, 5
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  xw = jax.random.normal(keys[0], (t, b, gates * h))
+  w_hh = 0.5 * jax.random.normal(keys[1], (h, gates * h))
+  carry = tuple(jax.random.normal(k, (b, h)) for k in keys[2:2 + (2 if cell == 'lstm' else 1)])
+  mask = (jax.random.uniform(keys[4], (t, b)) > 0.3).astype(jnp.float32) if masked else None
+
+  def loss(fn, xw, w_hh, carry):
+    hs, final = fn(xw, w_hh, carry)
+    return jnp.sum(hs * jnp.arange(h)[None, None]) + sum(jnp.sum(x * x) for x in final)
+
+  def reference(xw, w_hh, carry):
+    flip = lambda x: None if x is None else x[::-1]
+    hs, final = recurrent.reference_recurrence(cell, flip(xw) if reverse else xw, w_hh, carry,
+                                               flip(mask) if reverse else mask)
+    return (hs[::-1] if reverse else hs), final
+
+  fast = lambda xw, w_hh, carry: recurrent.recurrence(cell, xw, w_hh, carry, mask, reverse)
+  got = jax.value_and_grad(lambda *a: loss(fast, *a), argnums=(0, 1, 2))(xw, w_hh, carry)
+  want = jax.value_and_grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(xw, w_hh, carry)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)

@@ -4,6 +4,9 @@
 when a faster implementation arrives (`config.model.attention_impl`):
 
 - `xla`: plain jnp, the reference every other implementation is tested against.
+- `blocked`: causal self-attention in query blocks that skip the keys above the diagonal (about
+  40 % fewer FLOPs at T = 256); plain jnp, the fastest on CPU, where XLA runs each batched
+  matmul on one core.
 - `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (NVIDIA GPUs, fp16/bf16).
 - `pallas`: the Pallas flash-attention kernel (the kernels issue; a clear error until it lands).
 - `auto`: the best available for the backend, dtype and shape, logged once.
@@ -22,7 +25,8 @@ from absl import logging
 
 from dl10_jax.errors import ConfigError
 
-IMPLS = ('xla', 'cudnn', 'pallas', 'auto')
+IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'auto')
+BLOCK = 64  # Query block of `blocked`.
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,18 +34,26 @@ def _log_choice(choice: str, reason: str) -> None:
   logging.info('attention_impl=auto uses %s (%s)', choice, reason)
 
 
-def resolve_impl(impl: str, dtype: jnp.dtype, has_bias_or_segments: bool = False) -> str:
-  """The implementation `impl` stands for here; a clear error if this backend cannot run it."""
+def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False) -> str:
+  """The implementation `impl` stands for here; a clear error if this backend cannot run it.
+
+  causal_only: the call is causal self-attention without another mask (what `blocked` runs).
+  """
   if impl not in IMPLS:
     raise ConfigError(f'attention_impl={impl!r} is not supported; allowed: {", ".join(IMPLS)}')
   backend = jax.default_backend()
   if impl == 'auto':
+    reason = f'{backend}, {jnp.dtype(dtype).name}' + (', causal' if causal_only else '')
     if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-      choice, reason = 'cudnn', f'{backend}, {jnp.dtype(dtype).name}'
+      choice = 'cudnn'
+    elif backend == 'cpu' and causal_only:
+      choice = 'blocked'
     else:
-      choice, reason = 'xla', f'{backend}, {jnp.dtype(dtype).name}'
+      choice = 'xla'
     _log_choice(choice, reason)
     return choice
+  if impl == 'blocked' and not causal_only:
+    return 'xla'  # Blocks only pay for causal self-attention; anything else is plain attention.
   if impl == 'cudnn' and backend != 'gpu':
     raise ConfigError(f'attention_impl=cudnn needs an NVIDIA GPU, but the backend is {backend}; '
                       'use xla or auto')
@@ -92,6 +104,22 @@ def _xla(q, k, v, mask, scale, return_weights):
   return out
 
 
+def _blocked_causal(q, k, v, scale):
+  """Causal self-attention, query block by query block, each reading only the keys it may see."""
+  b, t, h, d = q.shape
+  groups = h // k.shape[2]
+  outs = []
+  for start in range(0, t, BLOCK):
+    end = min(start + BLOCK, t)
+    qb = q[:, start:end].reshape(b, end - start, k.shape[2], groups, d)
+    scores = jnp.einsum('bqkgd,bskd->bkgqs', qb, k[:, :end]).astype(jnp.float32) * scale
+    visible = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]  # [Tq, Tk]
+    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+    out = jnp.einsum('bkgqs,bskd->bqkgd', weights.astype(v.dtype), v[:, :end])
+    outs.append(out.reshape(b, end - start, h, d))
+  return jnp.concatenate(outs, axis=1)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: jax.Array | None = None, causal: bool = False,
                           impl: str = 'xla', scale: float | None = None,
@@ -111,8 +139,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       raise ConfigError(f'attention mask of shape {mask.shape} does not broadcast to [B, H, Tq, Tk]'
                         f' = {want}')
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  impl = resolve_impl(impl, q.dtype)
-  if impl == 'xla' or return_weights:
+  impl = resolve_impl(impl, q.dtype, causal and mask is None and q.shape[1] == k.shape[1])
+  if impl == 'blocked' and not return_weights:
+    return _blocked_causal(q, k, v, scale)
+  if impl in ('xla', 'blocked'):
     if causal:
       causal_mask = make_mask(q.shape[1], k.shape[1], causal=True)
       mask = causal_mask if mask is None else mask & causal_mask

@@ -18,6 +18,7 @@ and `RecurrentClassifier` (token ids or images read as sequences -> stack -> poo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -37,35 +38,121 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
 
 
+def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
+  """Gate activations and the new state from pre-activations z [B, G*H] (float32)."""
+  if cell == 'rnn':
+    h = jnp.tanh(z)
+    return h, None, h
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+  c = f * c_prev + i * g
+  return o * jnp.tanh(c), c, jnp.concatenate([i, f, g, o], axis=-1)
+
+
+def reference_recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
+                         mask: jax.Array | None = None) -> tuple[jax.Array, Carry]:
+  """The plain `lax.scan` recurrence, differentiated by JAX: what `recurrence` is tested against."""
+
+  def step(carry, inputs):
+    xw_t, m_t = inputs
+    z = xw_t.astype(jnp.float32) + (carry[0].astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
+    h, c, _ = _step(cell, z, carry[1] if cell == 'lstm' else None)
+    new = (h, c) if cell == 'lstm' else (h,)
+    if m_t is None:
+      return new, h
+    keep = m_t[:, None] > 0
+    return tuple(jnp.where(keep, n, old) for n, old in zip(new, carry)), jnp.where(keep, h, 0.0)
+
+  carry, hs = jax.lax.scan(step, carry, (xw, mask))
+  return hs, carry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scan(cell: str, has_mask: bool, xw, w_hh, h0, c0, mask):
+  return _scan_fwd(cell, has_mask, xw, w_hh, h0, c0, mask)[0]
+
+
+def _scan_fwd(cell, has_mask, xw, w_hh, h0, c0, mask):
+  """Forward: the states, and per step what the backward needs (gate activations, new cells)."""
+
+  def step(carry, inputs):
+    h_prev, c_prev = carry
+    xw_t, m_t = inputs
+    z = xw_t.astype(jnp.float32) + (h_prev.astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
+    h, c, acts = _step(cell, z, c_prev)
+    if cell == 'rnn':
+      c = c_prev  # Unused: a [B, 0] placeholder.
+    y = h
+    if has_mask:
+      keep = m_t[:, None]
+      y = h * keep
+      h, c_new = keep * h + (1 - keep) * h_prev, keep * c + (1 - keep) * c_prev
+      return (h, c_new), (y, h, c_new, c, acts)
+    return (h, c), (y, h, c, c, acts)
+
+  (h, c), (ys, hc, cc, cn, acts) = jax.lax.scan(step, (h0, c0), (xw, mask))
+  residuals = (xw, w_hh, h0, c0, mask, hc, cc, cn, acts)
+  return (ys, h, c), residuals
+
+
+def _scan_bwd(cell, has_mask, residuals, cotangents):
+  """Backward in reverse time; the weight gradient is one matmul over all steps afterwards."""
+  xw, w_hh, h0, c0, mask, hc, cc, cn, acts = residuals
+  dys, dh_last, dc_last = cotangents
+  h_prev = jnp.concatenate([h0[None], hc[:-1]])  # [T, B, H]
+  c_prev = jnp.concatenate([c0[None], cc[:-1]])
+
+  def step(carry, inputs):
+    dh, dc = carry  # Gradients w.r.t. the state after this step.
+    dy, m_t, act, c_new, cp = inputs
+    keep = m_t[:, None] if has_mask else 1.0
+    dhn = keep * (dh + dy)
+    if cell == 'rnn':
+      dz = dhn * (1 - act * act)
+      dc_prev = dc
+    else:
+      i, f, g, o = jnp.split(act, 4, axis=-1)
+      tanh_c = jnp.tanh(c_new)
+      dcn = keep * dc + dhn * o * (1 - tanh_c * tanh_c)
+      dz = jnp.concatenate([dcn * g * i * (1 - i), dcn * cp * f * (1 - f),
+                            dcn * i * (1 - g * g), dhn * tanh_c * o * (1 - o)], axis=-1)
+      dc_prev = dcn * f + ((1 - keep) * dc if has_mask else 0.0)
+    dh_prev = (dz.astype(w_hh.dtype) @ w_hh.T).astype(jnp.float32)
+    if has_mask:
+      dh_prev = dh_prev + (1 - keep) * dh
+    return (dh_prev, dc_prev), dz
+
+  (dh0, dc0), dz = jax.lax.scan(step, (dh_last, dc_last), (dys, mask, acts, cn, c_prev),
+                                reverse=True)
+  dw = jnp.einsum('tbh,tbg->hg', h_prev.astype(w_hh.dtype), dz.astype(w_hh.dtype),
+                  preferred_element_type=jnp.float32)
+  return (dz.astype(xw.dtype), dw.astype(w_hh.dtype), dh0, dc0, jnp.zeros_like(mask))
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
 def recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
                mask: jax.Array | None = None, reverse: bool = False,
                impl: str = 'xla') -> tuple[jax.Array, Carry]:
   """Runs `cell` over time. xw [T, B, G*H] (inputs already projected), w_hh [H, G*H].
 
   Returns the hidden states [T, B, H] and the final carry. Where mask [T, B] is 0 the carry is
-  kept and the output is 0.
+  kept and the output is 0. A custom VJP runs the backward as one reverse scan that does only
+  dz_t @ W_hh^T per step, and computes dW_hh after it as a single matmul over all steps (JAX's own
+  derivative of the scan would accumulate a small weight-gradient matmul in every step).
   """
+  _check('model.cell', cell, CELLS)
   if cell == 'lstm':
     _check('model.lstm_impl', impl, LSTM_IMPLS)
-
-  def step(carry, inputs):
-    xw_t, m_t = inputs
-    z = xw_t + (carry[0].astype(w_hh.dtype) @ w_hh).astype(xw_t.dtype)
-    z = z.astype(jnp.float32)  # State arithmetic in float32, also under bfloat16 compute.
-    if cell == 'lstm':
-      i, f, g, o = jnp.split(z, 4, axis=-1)
-      c = jax.nn.sigmoid(f) * carry[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
-      new = (jax.nn.sigmoid(o) * jnp.tanh(c), c)
-    else:
-      new = (jnp.tanh(z),)
-    if m_t is not None:
-      keep = m_t[:, None] > 0
-      new = tuple(jnp.where(keep, n, old) for n, old in zip(new, carry))
-      return new, jnp.where(keep, new[0], 0.0)
-    return new, new[0]
-
-  carry, hs = jax.lax.scan(step, carry, (xw, mask), reverse=reverse)
-  return hs, carry
+  if reverse:
+    xw, mask = xw[::-1], None if mask is None else mask[::-1]
+  h0 = carry[0].astype(jnp.float32)
+  c0 = carry[1].astype(jnp.float32) if cell == 'lstm' else jnp.zeros(h0.shape[:1] + (0,))
+  has_mask = mask is not None
+  mask = mask.astype(jnp.float32) if has_mask else jnp.zeros(xw.shape[:2], jnp.float32)
+  hs, h, c = _scan(cell, has_mask, xw, w_hh, h0, c0, mask)
+  return (hs[::-1] if reverse else hs), ((h, c) if cell == 'lstm' else (h,))
 
 
 class RecurrentLayer(nn.Module):
