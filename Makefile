@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
-CONFIG ?= configs/cnn.py
+CONFIG ?= configs/gpt.py
 WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
 STAMP := .setup-done
 

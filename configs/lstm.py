@@ -46,10 +46,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.learning_rate = 2e-3
   config.schedule = 'cosine'
   config.grad_clip_norm = 1.0
-  config.num_train_steps = 8000
+  config.num_train_steps = 3400  # About 30 minutes on 2 CPU cores.
   config.log_every_steps = 100
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
 
   if 'smoke' in args:  # Seconds: a small model, a few steps, a slice of the validation split.
     config.model.hidden_size = 64

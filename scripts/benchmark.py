@@ -3,10 +3,14 @@
   python scripts/benchmark.py --config configs/cnn.py
   python scripts/benchmark.py --config configs/cnn.py --torch \
       --variants="model.conv_impl=xla,microbatch_size=0;microbatch_size=0;"
+  python scripts/benchmark.py --config configs/lstm.py --torch --steps 20
+  python scripts/benchmark.py --config configs/gpt.py:large --torch --torch_compile --steps 5 \
+      --variants="model.attention_impl=xla;"
 
-Reports steps/s, examples/s and model FLOP/s (from the compiled step's XLA cost analysis) as a
-fraction of the measured float32 matmul peak; with --torch, the same model and optimizer in PyTorch
-timed in the same run, and the ratio. The step is timed on real training batches already on the
+Reports steps/s, examples/s (tokens/s for language models) and model FLOP/s as a fraction of the
+measured float32 matmul peak; with --torch, the same model and optimizer in PyTorch
+(scripts/torch_twins.py; eager, and with --torch_compile compiled) timed in the same run before
+and after JAX, and the ratios. The step is timed on real training batches already on the
 device, then again fed by the grain pipeline as in training. Appends a table to
 experiments/benchmarks.md.
 """
@@ -36,7 +40,8 @@ _VARIANTS = flags.DEFINE_string(
     'list of field=value overrides; an empty variant is the config as given. Example: '
     '"model.conv_impl=xla,microbatch_size=0;microbatch_size=0;"')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time the PyTorch twin (needs '
-                           'requirements-bench.txt); only models listed in TORCH_MODELS.')
+                           'requirements-bench.txt; models in scripts/torch_twins.py).')
+_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time the torch.compile()d twin.')
 _OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'), 'Markdown log.')
 
 
@@ -79,10 +84,11 @@ def jax_matmul_flops(n: int = 2048) -> float:
 
 
 def step_flops(config) -> float:
-  """Model FLOPs of one train step, from XLA's cost analysis of the compiled step.
+  """Model FLOPs of one train step: the objective's count where it has one (language models:
+  6 per parameter per token + attention), else XLA's cost analysis of the compiled step.
 
   XLA counts a loop body once, so the micro-batch loop (performance only) is turned off for the
-  count.
+  count, and recurrent models (a loop over time) need the objective's count.
   """
   import jax
   from dl10_jax.train.trainer import build_experiment
@@ -90,6 +96,9 @@ def step_flops(config) -> float:
   exp = build_experiment(config)
   batch = exp.example_batch()
   state = jax.eval_shape(exp.init, jax.random.PRNGKey(0), batch)
+  counted = exp.objective.flops_per_step(state.params)
+  if counted:
+    return counted
   cost = exp.train_step.lower(state, batch).compile().cost_analysis()
   per_device = (cost[0] if isinstance(cost, list) else cost).get('flops', float('nan'))
   return per_device * exp.mesh.size  # The cost analysis is of one device's partition.
@@ -98,12 +107,11 @@ def step_flops(config) -> float:
 def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
                         flops: float | None = None) -> dict[str, float]:
   import jax
-  from dl10_jax import data
   from dl10_jax.train import sharding
   from dl10_jax.train.trainer import build_experiment
 
   exp = build_experiment(config)
-  it = data.train_iterator(exp.splits.train, exp.config.batch_size, 0, prefetch=1)
+  it = exp.train_iterator()
   batches = [sharding.to_global(next(it), exp.mesh) for _ in range(8)]
   state = exp.init(jax.random.PRNGKey(0), batches[0])
   flops = step_flops(config) if flops is None else flops
@@ -129,47 +137,27 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
           'flops_per_sec': flops / seconds}
 
 
-# --- PyTorch twins of the models, for the comparison (CPU build; benchmark-only dependency). ---
-
-def torch_cnn(config):
+def torch_step_throughput(config, steps: int, warmup: int, repeats: int,
+                          compile_model: bool = False) -> dict[str, float]:
+  """The PyTorch twin (scripts/torch_twins.py) of `config`'s model, on the same batches."""
   import torch
-  c1, c2 = config.model.conv_features
-  return torch.nn.Sequential(
-      torch.nn.Conv2d(1, c1, 3), torch.nn.ReLU(), torch.nn.Conv2d(c1, c2, 3), torch.nn.ReLU(),
-      torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12 * 12 * c2,
-                                                                 config.model.dense_features),
-      torch.nn.ReLU(), torch.nn.Linear(config.model.dense_features, config.model.num_classes))
-
-
-TORCH_MODELS = {'cnn': torch_cnn}
-
-
-def torch_step_throughput(config, steps: int, warmup: int, repeats: int) -> dict[str, float]:
-  import numpy as np
-  import torch
-  from dl10_jax import data
+  from dl10_jax.train.trainer import build_experiment
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import torch_twins
   torch.set_num_threads(os.cpu_count())
-  model = TORCH_MODELS[config.model.name](config)
-  optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-  it = data.train_iterator(data.load(config.dataset).train, config.batch_size, 0, prefetch=1)
+  exp = build_experiment(config)  # Resolves vocab_size / num_classes from the data.
+  step, _ = torch_twins.make_step(exp.config, compile_model)
+  it = exp.train_iterator()
   batches = [next(it) for _ in range(8)]
-  batches = [(torch.from_numpy(np.ascontiguousarray(b['image'].transpose(0, 3, 1, 2))),
-              torch.from_numpy(b['label']).long()) for b in batches]
 
   def run(n):
     for i in range(n):
-      x, y = batches[i % len(batches)]
-      optimizer.zero_grad(set_to_none=True)
-      loss = torch.nn.functional.cross_entropy(model(x), y)
-      loss.backward()
-      optimizer.step()
+      step(batches[i % len(batches)])
 
   run(warmup)
   seconds = best_time(lambda: run(steps), repeats) / steps
-  a = torch.randn(2048, 2048)
-  matmul = best_time(lambda: a @ a, 5)
   return {'steps_per_sec': 1 / seconds, 'examples_per_sec': config.batch_size / seconds,
-          'matmul_flops': 2 * 2048**3 / matmul}
+          'matmul_flops': torch_twins.matmul_flops()}
 
 
 def _cpu_name() -> str:
@@ -182,6 +170,10 @@ def _cpu_name() -> str:
   return platform.processor() or 'unknown CPU'
 
 
+def _tokens_per_example(config) -> int:
+  return config.dataset.block_size if config.objective == 'language_model' else 0
+
+
 def main(argv):
   del argv
   import jax
@@ -192,49 +184,57 @@ def main(argv):
   peak = jax_matmul_flops()
   # PyTorch is timed before and after JAX (its speed drifts by +-20 % between runs here); the
   # faster of the two counts, as does the best repeat of every measurement.
-  use_torch = _TORCH.value and config.model.name in TORCH_MODELS
-  torch_runs = []
-  if use_torch:
-    torch_runs.append(torch_step_throughput(config, _STEPS.value, _WARMUP.value, _REPEATS.value))
+  torch_kinds = (['eager'] + (['compile'] if _COMPILE.value else [])) if _TORCH.value else []
+  timings = {kind: [] for kind in torch_kinds}
+
+  def time_torch():
+    for kind in torch_kinds:
+      timings[kind].append(torch_step_throughput(config, _STEPS.value, _WARMUP.value,
+                                                 _REPEATS.value, kind == 'compile'))
+
+  time_torch()
   rows = []
   for variant in _VARIANTS.value.split(';'):
     r = jax_step_throughput(apply_overrides(config, variant), _STEPS.value, _WARMUP.value,
                             _REPEATS.value)
     label = f'jax {variant}' if variant else 'jax (config as given)'
-    rows.append((label, r['steps_per_sec'], r['examples_per_sec'], r['fed_examples_per_sec'],
-                 r['flops_per_sec']))
+    rows.append((label, r))
     print(f'{label}: {r["examples_per_sec"]:.0f} examples/s, '
           f'{r["flops_per_sec"] / 1e9:.1f} GFLOP/s ({r["flops_per_sec"] / peak:.1%} of peak)')
-
-  torch_result = None
-  if use_torch:
-    torch_runs.append(torch_step_throughput(config, _STEPS.value, _WARMUP.value, _REPEATS.value))
-    torch_result = max(torch_runs, key=lambda r: r['examples_per_sec'])
-    print('torch: ' + ' / '.join(f'{r["examples_per_sec"]:.0f}' for r in torch_runs) +
+  time_torch()
+  best = {kind: max(runs, key=lambda r: r['examples_per_sec']) for kind, runs in timings.items()}
+  for kind, runs in timings.items():
+    print(f'torch {kind}: ' + ' / '.join(f'{r["examples_per_sec"]:.0f}' for r in runs) +
           ' examples/s (before / after JAX)')
 
+  per_example = _tokens_per_example(config)
+  unit = 'tokens/s' if per_example else 'examples/s'
+  scale = per_example or 1
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   lines = [f'\n## {config.model.name}: {date}\n',
-           f'Device: {device}; jax {jax.__version__}; batch {config.batch_size}, '
-           f'dtype {config.dtype}; best of {_REPEATS.value} x {_STEPS.value} steps' +
-           (f'; GLIBC_TUNABLES={os.environ["GLIBC_TUNABLES"]}' if 'GLIBC_TUNABLES' in os.environ
-            else '') + '.',
+           f'Device: {device}; jax {jax.__version__}; batch {config.batch_size}' +
+           (f' x {per_example} tokens' if per_example else '') +
+           f', dtype {config.dtype}; best of {_REPEATS.value} x {_STEPS.value} steps.',
            f'float32 matmul peak (2048^3): jax {peak / 1e9:.0f} GFLOP/s' +
-           (f', torch {torch_result["matmul_flops"] / 1e9:.0f} GFLOP/s; PyTorch step before / '
-            'after the JAX runs: ' + ' / '.join(f'{r["examples_per_sec"]:.0f}' for r in torch_runs)
-            + ' examples/s, the faster counts' if torch_result else '') + '.\n',
-           '| implementation | steps/s | examples/s | examples/s fed by grain | model GFLOP/s | '
-           'of matmul peak |' + (' vs PyTorch |' if torch_result else ''),
-           '|---|---|---|---|---|---|' + ('---|' if torch_result else '')]
-  for label, sps, eps, fed, fps in rows:
-    ratio = f' {eps / torch_result["examples_per_sec"]:.2f}x |' if torch_result else ''
-    lines.append(f'| {label} | {sps:.1f} | {eps:.0f} | {fed:.0f} | {fps / 1e9:.1f} | '
-                 f'{fps / peak:.1%} |' + ratio)
-  if torch_result:
+           ''.join(f'; PyTorch {kind} before / after the JAX runs: ' +
+                   ' / '.join(f'{r["examples_per_sec"] * scale:.0f}' for r in runs) +
+                   f' {unit}, the faster counts' for kind, runs in timings.items()) + '.\n',
+           f'| implementation | steps/s | {unit} | {unit} fed by grain | model GFLOP/s | '
+           'of matmul peak |' + ''.join(f' vs torch {kind} |' for kind in best),
+           '|---|---|---|---|---|---|' + '---|' * len(best)]
+  for label, r in rows:
+    ratios = ''.join(f' {r["examples_per_sec"] / t["examples_per_sec"]:.2f}x |'
+                     for t in best.values())
+    lines.append(f'| {label} | {r["steps_per_sec"]:.2f} | {r["examples_per_sec"] * scale:.0f} | '
+                 f'{r["fed_examples_per_sec"] * scale:.0f} | {r["flops_per_sec"] / 1e9:.1f} | '
+                 f'{r["flops_per_sec"] / peak:.1%} |' + ratios)
+  if best:
     import torch
-    lines.append(f'| torch {torch.__version__} | '
-                 f'{torch_result["steps_per_sec"]:.1f} | {torch_result["examples_per_sec"]:.0f} '
-                 '| | | | 1.00x |')
+    for kind, t in best.items():
+      lines.append(f'| torch {torch.__version__} {kind} | {t["steps_per_sec"]:.2f} | '
+                   f'{t["examples_per_sec"] * scale:.0f} | | | |' +
+                   ''.join(f' {t["examples_per_sec"] / o["examples_per_sec"]:.2f}x |'
+                           for o in best.values()))
   out = pathlib.Path(_OUT.value)
   if not out.exists():
     out.write_text('# Benchmarks\n\nWritten by `scripts/benchmark.py`; newest last.\n')
