@@ -10,9 +10,9 @@ corpus (validation: the held-out plays, the same split as configs/lstm.py). The 
 Variants (comma-separated, e.g. `:bpe,smoke`):
   large      6 layers x 384, 6 heads, T 256 (10.8 M parameters).
   bpe        a byte-level BPE tokenizer (vocabulary 1,024) trained on the training split.
-  pretrain   all genres, for `finetune`.
-  finetune   the comedies only, starting from a pre-trained run:
-             --config.init_from=runs/gpt_pretrain (the comedies' validation plays are held out).
+  pretrain   all genres except the comedies' validation play (a-midsummer-night-s-dream).
+  finetune   the comedies only (validation: a-midsummer-night-s-dream), from a pre-trained run:
+             --config.init_from=runs/gpt_pretrain; step 0 logs the loss before fine-tuning.
   smoke      a seconds-long run, for tests.
 """
 
@@ -63,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if 'bpe' in args:
     config.dataset.tokenizer = 'bpe'
     config.dataset.vocab_size = 1024
+  if 'pretrain' in args:
+    config.dataset.exclude_plays = 'a-midsummer-night-s-dream'
   if 'finetune' in args:
     config.dataset.genres = 'comedies'
     config.learning_rate /= 10

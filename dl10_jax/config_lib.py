@@ -87,7 +87,10 @@ def language_model_dataset(name: str = 'shakespeare_char') -> ml_collections.Con
       'tokenizer': 'char',  # char | byte | bpe
       'vocab_size': 0,  # bpe only: the size of the vocabulary trained on the training split.
       'block_size': 128,  # Tokens of context; a training example is block_size + 1 tokens.
-      'genres': '',  # shakespeare_char: comma-separated genres to keep (empty: all 38 plays).
+      # shakespeare_char: comma-separated genres to keep (empty: all 38 plays; with genres, each
+      # genre's held-out play is validation), and plays to leave out of training.
+      'genres': '',
+      'exclude_plays': '',
       'path': '',  # text_file: a UTF-8 file.
       'data_dir': '',  # TFDS datasets.
       'cache_dir': '',  # Prepared token arrays ('': $DL10_CACHE_DIR or ~/.cache/dl10_jax).

@@ -56,6 +56,7 @@ def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_step(tmp_path):
                 num_train_steps=1, learning_rate=1e-12, schedule='constant', warmup_steps=0,
                 grad_clip_norm=0.0)
   train_and_evaluate(config, tmp_path / 'finetune')
+  assert 0 in _events(tmp_path / 'finetune', 'eval_loss')  # The loaded model, before training.
   _, tuned = restore_run(tmp_path / 'finetune', jax.devices()[:1])
   assert int(tuned.step) == 1  # A fresh step count, and a fresh optimizer:
   assert int(tuned.opt_state[0].count) == 1

@@ -39,6 +39,21 @@ def test_splits_are_by_play_and_disjoint():
   assert not {p.name for p in train} & {p.name for p in valid}
 
 
+def test_genre_filter_holds_out_the_genre_play_and_exclusions_leave_training():
+  config = language_model_dataset('shakespeare_char')
+  config.genres = 'comedies'
+  train, valid = text._shakespeare_split(config)
+  assert [p.name for p in valid] == ['a-midsummer-night-s-dream']
+  assert {p.genre for p in train} == {'comedies'} and len(train) == 7
+  config = language_model_dataset('shakespeare_char')
+  config.exclude_plays = 'a-midsummer-night-s-dream'
+  train, valid = text._shakespeare_split(config)
+  assert len(train) == 34 and 'a-midsummer-night-s-dream' not in {p.name for p in train}
+  config.exclude_plays = 'hamlet,macbth'
+  with pytest.raises(ConfigError, match="dataset.exclude_plays has 'macbth'"):
+    text._shakespeare_split(config)
+
+
 @pytest.mark.parametrize('kind,vocab_size', [('char', 0), ('byte', 0), ('bpe', 300)])
 def test_tokenizers_round_trip_and_save(kind, vocab_size):
   text_ = 'ROMEO:\nBut, soft! what light through yonder window breaks?\n' * 20

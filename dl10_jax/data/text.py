@@ -2,7 +2,7 @@
 
 - `shakespeare_char`: the offline corpus (`shakespeare.py`), split by play; a training example is a
   random window of `block_size + 1` tokens, validation is read as consecutive windows that cover
-  the split once (`eval_loss` is over all of it).
+  the split once (`eval_loss` is over all of it). `genres` / `exclude_plays` select plays.
 - `shakespeare_genre`: which of the 6 genres a passage of `passage_lines` dialogue lines is from.
 - `text_file`: any local UTF-8 file (`dataset.path`), the first 90 % for training, the rest eval.
 - TFDS `tiny_shakespeare` (language modelling) and `imdb_reviews` (classification) by name.
@@ -162,18 +162,39 @@ def _tfds_text(config: ml_collections.ConfigDict, split: str) -> list[dict[str, 
           for i in range(len(source))]
 
 
+def _names(field: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+  names = [n.strip() for n in value.split(',') if n.strip()]
+  unknown = sorted(set(names) - set(allowed))
+  if unknown:
+    raise ConfigError(f'dataset.{field} has {unknown[0]!r}; allowed (comma-separated): '
+                      f'{", ".join(allowed)}')
+  return names
+
+
+def _shakespeare_split(config: ml_collections.ConfigDict) -> tuple[list, list]:
+  """(train plays, validation plays) of `shakespeare_char`.
+
+  All genres: every 10th play is validation (shakespeare.lm_split). With `genres`, validation is
+  each chosen genre's held-out play of the genre task (shakespeare.GENRE_EVAL_PLAYS), training the
+  genre's other plays. `exclude_plays` are left out of training (e.g. a later fine-tuning run's
+  validation play, so that pre-training never sees it).
+  """
+  plays = shakespeare.load_plays()
+  excluded = _names('exclude_plays', config.get('exclude_plays', ''), tuple(p.name for p in plays))
+  genres = _names('genres', config.get('genres', ''), shakespeare.GENRES)
+  if genres:
+    chosen = [p for p in plays if p.genre in genres]
+    train = [p for p in chosen if p.name not in shakespeare.GENRE_EVAL_PLAYS]
+    valid = [p for p in chosen if p.name in shakespeare.GENRE_EVAL_PLAYS]
+  else:
+    train, valid = shakespeare.lm_split(plays)
+  return [p for p in train if p.name not in excluded], valid
+
+
 def _lm_texts(config: ml_collections.ConfigDict) -> tuple[str, str]:
   """(train text, eval text) of a language-modelling dataset."""
   if config.name == 'shakespeare_char':
-    plays = shakespeare.load_plays()
-    if config.get('genres'):
-      genres = [g.strip() for g in config.genres.split(',')]
-      unknown = sorted(set(genres) - set(shakespeare.GENRES))
-      if unknown:
-        raise ConfigError(f'dataset.genres has {unknown[0]!r}; allowed: '
-                          f'{", ".join(shakespeare.GENRES)} (comma-separated)')
-      plays = tuple(p for p in plays if p.genre in genres)
-    train, valid = shakespeare.lm_split(plays)
+    train, valid = _shakespeare_split(config)
     return '\n'.join(p.text for p in train), '\n'.join(p.text for p in valid)
   if config.name == 'text_file':
     text = _read_text_file(config.path)
@@ -194,7 +215,8 @@ def _language_model(config: ml_collections.ConfigDict,
             'eval_chars': np.array(len(valid))}
 
   key = {'dataset': config.name, 'corpus': _corpus_key(config), 'genres': config.get('genres', ''),
-         'tokenizer': tokenizer_json, 'part': 'tokens'}
+         'exclude_plays': config.get('exclude_plays', ''), 'tokenizer': tokenizer_json,
+         'part': 'tokens'}
   arrays = _cached(config, key, build)
   if config.block_size < 1:
     raise ConfigError(f'dataset.block_size={config.block_size} must be >= 1')

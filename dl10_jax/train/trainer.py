@@ -180,6 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   disable=not config.progress_bar or jax.process_index() != 0)
   if start_step:
     bar.write(f'Resumed from the checkpoint of step {start_step} in {workdir}')
+  elif config.init_from:  # Step 0: the loaded model on this run's data, before fine-tuning.
+    eval_metrics = evaluate(exp, state)
+    writer.write(0, eval_metrics)
+    bar.write('step 0 (from init_from): ' +
+              ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
   pending: list[dict[str, jax.Array]] = []  # Per-step metrics since the last log, on device.
   last_log_step = start_step
   timer_step, timer_start = start_step, time.perf_counter()  # Throughput excludes compile + eval.
