@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from dl10_jax.data import sources, text
+from dl10_jax.data import algorithmic, sources, text, translated
 from dl10_jax.data.pipeline import eval_batches, train_iterator
 from dl10_jax.data.sources import Splits
 from dl10_jax.data.tokenizer import Tokenizer
@@ -21,10 +21,15 @@ def load(config: ml_collections.ConfigDict, saved_tokenizer: Tokenizer | None = 
   """
   if not config.name:
     raise ConfigError('dataset.name is empty; set it to an image dataset '
-                      f'({", ".join(sources.IDX_DATASETS)} or a prepared TFDS name) or a text '
-                      f'dataset ({", ".join(text.DATASETS)})')
+                      f'({", ".join(sources.IDX_DATASETS)} or a prepared TFDS name), a text '
+                      f'dataset ({", ".join(text.DATASETS)}) or a generated one '
+                      f'({", ".join(algorithmic.DATASETS + translated.DATASETS)})')
   if config.name in text.DATASETS:
     splits = text.load(config, saved_tokenizer)
+  elif config.name in algorithmic.DATASETS:
+    splits = algorithmic.load(config)
+  elif config.name in translated.DATASETS:
+    splits = translated.load(config)
   else:
     splits = sources.load_images(config)
   return sources.limit(splits, config)

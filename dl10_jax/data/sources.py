@@ -90,6 +90,8 @@ class Splits:
   input_key: str = 'image'  # The batch field the model reads.
   tokenizer: Any = None  # data.tokenizer.Tokenizer of text datasets; saved with the run.
   chars_per_token: float = 1.0  # Of the eval split: turns nats per token into nats per char.
+  # Names of the eval split's groups (record field 'group' indexes them), reported separately.
+  eval_groups: tuple[str, ...] = ()
 
 
 def _tfds(name: str, data_dir: str) -> Splits:

@@ -10,13 +10,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.models import cnn, gpt, recurrent
+from dl10_jax.models import attention_classifier, cnn, gpt, recurrent, transformer
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
     'gpt': gpt.GPT,
     'recurrent_lm': recurrent.RecurrentLM,
     'recurrent_classifier': recurrent.RecurrentClassifier,
+    'transformer_classifier': transformer.TransformerClassifier,
+    'encoder_decoder': transformer.EncoderDecoder,
+    'attention_classifier': attention_classifier.AttentionClassifier,
 }
 
 

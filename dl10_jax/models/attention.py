@@ -13,12 +13,18 @@ when a faster implementation arrives (`config.model.attention_impl`):
 
 Layout [B, T, H, D] (batch, time, heads, head dim) as in `jax.nn.dot_product_attention`; keys and
 values may have fewer heads than queries (grouped-query attention).
+
+`MultiHeadAttention` is the soft attention layer every model uses (self- or cross-attention, scaled
+dot-product or additive scores, masks, weights on request). The hard kinds (hard_attention.py)
+subclass it and replace only the step from scores to weights, so a config swaps them by one field.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -26,6 +32,8 @@ from absl import logging
 from dl10_jax.errors import ConfigError
 
 IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'auto')
+SCORES = ('dot', 'additive')
+MASKED = float(jnp.finfo(jnp.float32).min)  # The score of a masked key: softmax weight 0, no NaN.
 BLOCK = 64  # Query block of `blocked`.
 
 
@@ -88,7 +96,8 @@ def make_mask(q_len: int, k_len: int, *, causal: bool = False, q_offset: jax.Arr
   return mask
 
 
-def _xla(q, k, v, mask, scale, return_weights):
+def _grouped_scores(q, k, mask, scale):
+  """q [B, Tq, H, D], k [B, Tk, K, D] -> float32 scores [B, K, G, Tq, Tk] (H = K * G), masked."""
   groups = q.shape[2] // k.shape[2]
   b, tq, _, d = q.shape
   qg = q.reshape(b, tq, k.shape[2], groups, d)  # [B, Tq, K, G, D]
@@ -96,8 +105,13 @@ def _xla(q, k, v, mask, scale, return_weights):
   if mask is not None:  # [B|1, H|1, Tq, Tk] -> [B|1, K|1, G|1, Tq, Tk]
     m = jnp.broadcast_to(mask, (mask.shape[0], q.shape[2], tq, k.shape[1]))
     m = m.reshape(mask.shape[0], k.shape[2], groups, tq, k.shape[1])
-    scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1)
+    scores = jnp.where(m, scores, MASKED)
+  return scores
+
+
+def _xla(q, k, v, mask, scale, return_weights):
+  b, tq = q.shape[:2]
+  weights = jax.nn.softmax(_grouped_scores(q, k, mask, scale), axis=-1)
   out = jnp.einsum('bkgqs,bskd->bqkgd', weights.astype(v.dtype), v).reshape(q.shape)
   if return_weights:
     return out, weights.reshape(b, q.shape[2], tq, k.shape[1])
@@ -120,15 +134,7 @@ def _blocked_causal(q, k, v, scale):
   return jnp.concatenate(outs, axis=1)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          mask: jax.Array | None = None, causal: bool = False,
-                          impl: str = 'xla', scale: float | None = None,
-                          return_weights: bool = False):
-  """softmax(q k^T * scale + masked) v.  q [B, Tq, H, D], k / v [B, Tk, K, D] (H % K == 0).
-
-  mask: boolean, broadcastable to [B, H, Tq, Tk] (see `make_mask`); causal adds the causal mask.
-  Returns [B, Tq, H, D] (and the weights [B, H, Tq, Tk] with return_weights, `xla` only).
-  """
+def _check_shapes(q, k, v, mask) -> None:
   if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or q.shape[2] % k.shape[2] \
       or q.shape[3] != k.shape[3]:
     raise ConfigError(f'attention shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit: need '
@@ -138,6 +144,18 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if mask.ndim != 4 or any(m not in (1, w) for m, w in zip(mask.shape, want)):
       raise ConfigError(f'attention mask of shape {mask.shape} does not broadcast to [B, H, Tq, Tk]'
                         f' = {want}')
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          mask: jax.Array | None = None, causal: bool = False,
+                          impl: str = 'xla', scale: float | None = None,
+                          return_weights: bool = False):
+  """softmax(q k^T * scale + masked) v.  q [B, Tq, H, D], k / v [B, Tk, K, D] (H % K == 0).
+
+  mask: boolean, broadcastable to [B, H, Tq, Tk] (see `make_mask`); causal adds the causal mask.
+  Returns [B, Tq, H, D] (and the weights [B, H, Tq, Tk] with return_weights, `xla` only).
+  """
+  _check_shapes(q, k, v, mask)
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   impl = resolve_impl(impl, q.dtype, causal and mask is None and q.shape[1] == k.shape[1])
   if impl == 'blocked' and not return_weights:
@@ -149,3 +167,116 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     return _xla(q, k, v, mask, scale, return_weights)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal,
                                       implementation=impl)
+
+
+# --- Scores and weighted sums, for what the fused implementations cannot express. ---
+
+def _with_causal(mask: jax.Array | None, q_len: int, k_len: int, causal: bool):
+  if not causal:
+    return mask
+  causal_mask = make_mask(q_len, k_len, causal=True)
+  return causal_mask if mask is None else mask & causal_mask
+
+
+def attention_scores(q: jax.Array, k: jax.Array, *, mask: jax.Array | None = None,
+                     causal: bool = False, scale: float | None = None) -> jax.Array:
+  """Scaled dot-product scores, float32 [B, H, Tq, Tk]; masked keys score `MASKED`."""
+  _check_shapes(q, k, k, mask)
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  scores = _grouped_scores(q, k, _with_causal(mask, q.shape[1], k.shape[1], causal), scale)
+  return scores.reshape(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+
+
+def additive_scores(q: jax.Array, k: jax.Array, w: jax.Array, *, mask: jax.Array | None = None,
+                    causal: bool = False) -> jax.Array:
+  """Additive (Bahdanau et al. 2015) scores w . tanh(q_i + k_j), float32 [B, H, Tq, Tk].
+
+  q [B, Tq, H, D] and k [B, Tk, K, D] are the already projected W_q x and W_k y; w [H, D].
+  """
+  _check_shapes(q, k, k, mask)
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)  # Grouped-query: each key head serves G.
+  hidden = jnp.tanh(q[:, :, None] + k[:, None, :])  # [B, Tq, Tk, H, D]
+  scores = jnp.einsum('bqshd,hd->bhqs', hidden, w.astype(hidden.dtype)).astype(jnp.float32)
+  mask = _with_causal(mask, q.shape[1], k.shape[1], causal)
+  return scores if mask is None else jnp.where(mask, scores, MASKED)
+
+
+def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
+  """sum_j weights[b, h, i, j] v[b, j, h // G]: weights [B, H, Tq, Tk], v [B, Tk, K, D] ->
+  [B, Tq, H, D]."""
+  b, h, tq, tk = weights.shape
+  kv_heads = v.shape[2]
+  wg = weights.reshape(b, kv_heads, h // kv_heads, tq, tk).astype(v.dtype)
+  return jnp.einsum('bkgqs,bskd->bqkgd', wg, v).reshape(b, tq, h, v.shape[-1])
+
+
+# --- The soft attention layer. ---
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: project, score, normalise (softmax here), weight the values, project.
+
+  Self-attention when `inputs_kv` is None, else cross-attention. Dot-product scores run through
+  `dot_product_attention` (so `attention_impl` applies); additive scores, and any call that asks
+  for the weights, run in plain jnp. `rotate` (e.g. gpt.rotary) turns queries and keys by their
+  positions 0..T-1 (self-attention). Subclasses override `normalize` only.
+  """
+  num_heads: int = 1
+  num_kv_heads: int = 0  # 0: num_heads; a divisor of it: grouped-query attention.
+  head_dim: int = 0  # 0: the query width / num_heads.
+  out_features: int = 0  # 0: the query width.
+  score: str = 'dot'  # dot | additive
+  attention_impl: str = 'xla'
+  dropout_rate: float = 0.0  # On the output, not the weights, so fused kernels stay usable.
+  rotate: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  out_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+  softmax_weights = True  # Class attribute: `normalize` is the softmax (fused kernels apply).
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
+               mask: jax.Array | None = None, causal: bool = False, train: bool = False,
+               step: jax.Array | None = None, return_weights: bool = False):
+    """inputs_q [B, Tq, Dq], inputs_kv [B, Tk, Dk] -> [B, Tq, out] (and weights [B, H, Tq, Tk]).
+
+    mask: boolean, broadcastable to [B, H, Tq, Tk] (attention.make_mask: padding, segments).
+    step: the training step, for kinds with a schedule (hard_attention.GumbelAttention).
+    """
+    if self.score not in SCORES:
+      raise ConfigError(f'attention score={self.score!r} is not supported; allowed: '
+                        f'{", ".join(SCORES)}')
+    if self.attention_impl not in IMPLS:
+      resolve_impl(self.attention_impl, self.dtype)  # Raises the one-line error.
+    kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv_heads:
+      raise ConfigError(f'num_kv_heads={kv_heads} must divide num_heads={self.num_heads}')
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    width = inputs_q.shape[-1]
+    head_dim = self.head_dim or width // self.num_heads
+    dense = functools.partial(nn.DenseGeneral, dtype=self.dtype)
+    q = dense((self.num_heads, head_dim), name='query')(inputs_q)  # [B, Tq, H, D]
+    k = dense((kv_heads, head_dim), name='key')(inputs_kv)  # [B, Tk, K, D]
+    v = dense((kv_heads, head_dim), name='value')(inputs_kv)
+    if self.rotate is not None:
+      q, k = self.rotate(q, jnp.arange(q.shape[1])), self.rotate(k, jnp.arange(k.shape[1]))
+    if self.score == 'dot' and self.softmax_weights and not return_weights:
+      out, weights = dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                           impl=self.attention_impl), None
+    else:
+      if self.score == 'dot':
+        scores = attention_scores(q, k, mask=mask, causal=causal)
+      else:
+        w = self.param('score_vector', nn.initializers.normal(head_dim ** -0.5),
+                       (self.num_heads, head_dim))
+        scores = additive_scores(q, k, w, mask=mask, causal=causal)
+      weights = self.normalize(scores, q, k, train=train, step=step)  # [B, H, Tq, Tk]
+      out = attend(weights, v)
+    y = nn.DenseGeneral(self.out_features or width, axis=(-2, -1), dtype=self.dtype,
+                        kernel_init=self.out_init, name='out')(out)
+    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    return (y, weights) if return_weights else y
+
+  def normalize(self, scores: jax.Array, q: jax.Array, k: jax.Array, *, train: bool,
+                step: jax.Array | None) -> jax.Array:
+    """Scores [B, H, Tq, Tk] -> weights over the keys: the softmax."""
+    del q, k, train, step
+    return jax.nn.softmax(scores, axis=-1)

@@ -1,13 +1,17 @@
-"""Classification: softmax cross-entropy, accuracy; eval over the whole test split."""
+"""Classification: softmax cross-entropy, accuracy; eval over the whole test split.
+
+Loss terms a model sows (objective.sown_loss) are added; REINFORCE is rewarded by correctness.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from dl10_jax.train.objective import Batch, Metrics, Objective
+from dl10_jax.train.objective import Batch, Metrics, Objective, sown_loss
 from dl10_jax.train.state import TrainState
 
 
@@ -27,12 +31,15 @@ class Classification(Objective):
 
   def loss(self, params: Any, state: TrainState, batch: Batch,
            rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
-    variables = {'params': params, **state.model_state}
-    logits, model_state = state.apply_fn(variables, self.model_inputs(batch), train=True,
-                                         rngs={'dropout': rng}, mutable=list(state.model_state))
+    logits, model_state, sown = self.apply_train(params, state, self.model_inputs(batch), rng)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-    accuracy = (logits.argmax(-1) == batch['label']).mean()
-    return loss, ({'train_loss': loss, 'train_accuracy': accuracy}, model_state)
+    correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
+    metrics = {'train_loss': loss, 'train_accuracy': correct.mean()}
+    if sown:  # E.g. hard attention's REINFORCE terms, rewarded 1 for a right answer (Mnih 2014).
+      extra, extra_metrics = sown_loss(sown, correct)
+      loss = loss + extra
+      metrics.update(extra_metrics)
+    return loss, (metrics, model_state)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
     variables = {'params': state.params, **state.model_state}

@@ -5,6 +5,12 @@ objectives (classification, language modelling, diffusion) write `model_inputs`,
 `eval_step` and `summarize_eval`, and inherit the update. An objective with several networks (the
 GAN) overrides `make_optimizer`, `init_state` and `train_step`: the loop treats the state as an
 opaque pytree, so it may be any flax struct dataclass with a `step`.
+
+A model may add to its training loss by sowing (flax `self.sow`) into two collections: 'losses'
+(scalar terms, added as they are) and 'policy' (per-example `log_prob` and `baseline` of a sampled
+choice, e.g. hard attention): the objective supplies a per-example reward and `sown_loss` adds the
+REINFORCE terms. A model with a schedule (a Gumbel temperature) sets `uses_step = True` and is
+called with `step=` in training.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import abc
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,6 +30,35 @@ from dl10_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+SOWN = ('losses', 'policy')  # What a model sows during a training step for its loss.
+NOT_STATE = SOWN + ('intermediates',)  # Sown outputs, never part of the train state.
+
+
+def policy_gradient_loss(log_prob: jax.Array, baseline: jax.Array,
+                         reward: jax.Array) -> jax.Array:
+  """REINFORCE with a learned baseline, all [B]: its gradient is -E[(r - b) grad log p] (unbiased
+  for any b), plus the baseline's regression (r - b)^2, which reduces the variance."""
+  advantage = jax.lax.stop_gradient(reward - baseline)
+  return -(advantage * log_prob).mean() + \
+      jnp.square(jax.lax.stop_gradient(reward) - baseline).mean()
+
+
+def sown_loss(sown: dict[str, Any], reward: jax.Array) -> tuple[jax.Array, Metrics]:
+  """The extra loss of what a model sowed: 'losses' terms + REINFORCE of each 'policy' with reward
+  [B]; and its metrics (the surrogate's value means nothing, so the baseline's error is logged)."""
+  total = sum((jnp.sum(x) for x in jax.tree.leaves(sown.get('losses', {}))), jnp.zeros(()))
+  policies = flax.traverse_util.flatten_dict(dict(sown.get('policy', {})))
+  metrics = {}
+  for path, log_probs in policies.items():
+    if path[-1] == 'log_prob':
+      for log_prob, baseline in zip(log_probs, policies[path[:-1] + ('baseline',)]):
+        total = total + policy_gradient_loss(log_prob, baseline, reward)
+        metrics['train_baseline_mse'] = metrics.get('train_baseline_mse', 0.0) + \
+            jnp.square(reward - baseline).mean()
+  metrics['train_aux_loss'] = total
+  if policies:
+    metrics['train_reward'] = reward.mean()
+  return total, metrics
 
 
 class Objective(abc.ABC):
@@ -45,9 +81,25 @@ class Objective(abc.ABC):
     init_rng, state_rng = jax.random.split(rng)
     variables = self.model.init(init_rng, self.model_inputs(batch), train=False)
     params = variables.pop('params')
+    model_state = {k: v for k, v in variables.items() if k not in NOT_STATE}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), model_state=variables, rng=state_rng,
+                      opt_state=self.tx.init(params), model_state=model_state, rng=state_rng,
                       apply_fn=self.model.apply, tx=self.tx)
+
+  def apply_train(self, params: Any, state: TrainState, inputs: Any,
+                  rng: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
+    """The model in training mode: (outputs, updated model_state, what it sowed for its loss).
+
+    rngs: 'dropout', and 'sample' for stochastic layers (hard attention).
+    """
+    variables = {'params': params, **state.model_state}
+    kwargs = {'step': state.step} if getattr(self.model, 'uses_step', False) else {}
+    out, mutated = state.apply_fn(variables, inputs, train=True,
+                                  rngs={'dropout': rng, 'sample': jax.random.fold_in(rng, 1)},
+                                  mutable=list(state.model_state) + list(SOWN), **kwargs)
+    mutated = dict(mutated)
+    sown = {k: v for k in SOWN if (v := mutated.pop(k, None))}
+    return out, mutated, sown
 
   def _microbatches(self, batch: Batch) -> Batch | None:
     """[B, ...] -> [n, B/n, ...] chunks of `config.microbatch_size`, or None for the whole batch.

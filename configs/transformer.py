@@ -1,0 +1,71 @@
+"""Seed algorithm 4, the Transformer encoder as a classifier, on the tasks of the RNN and LSTM so
+that the three stand in one table: the offline Shakespeare genre task (default; configs/rnn.py)
+and, with `seq_fmnist`, Fashion-MNIST read as 28 rows of 28 features (configs/seq_fmnist.py).
+
+  python -m dl10_jax.main --config configs/transformer.py --workdir runs/transformer_genre
+  python -m dl10_jax.main --config configs/transformer.py:seq_fmnist --workdir runs/transformer_sfm
+  python -m dl10_jax.main --config configs/transformer.py:smoke --workdir /tmp/transformer_smoke
+
+Variants (comma-separated): seq_fmnist; smoke (seconds). Fields worth sweeping: model.positions
+(sinusoidal | learned | rotary), model.pooling (cls | mean), model.score (dot | additive). The
+encoder-decoder is configs/seq2seq.py.
+"""
+
+import ml_collections
+
+from dl10_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, ('smoke', 'seq_fmnist'))
+  config = config_lib.base_config()
+  config.model = ml_collections.ConfigDict({
+      'name': 'transformer_classifier',
+      'num_classes': -1,  # From the data.
+      'vocab_size': -1,  # From the tokenizer (token inputs).
+      'num_layers': 2,
+      'width': 128,
+      'num_heads': 4,
+      'mlp_ratio': 4,
+      'max_len': 512,
+      'positions': 'sinusoidal',
+      'pooling': 'cls',
+      'dropout_rate': 0.1,
+      'score': 'dot',
+      'attention_impl': 'auto',
+  })
+  config.optimizer = 'adamw'
+  config.weight_decay = 0.01
+  config.learning_rate = 1e-3
+  config.schedule = 'warmup_cosine'
+  config.warmup_steps = 100
+  config.grad_clip_norm = 1.0
+  config.log_every_steps = 50
+
+  if 'seq_fmnist' in args:  # The recurrent classifiers' recipe (configs/seq_fmnist.py).
+    config.dataset.name = 'fashion_mnist'
+    config.model.num_classes = 10
+    config.model.vocab_size = 0
+    config.batch_size = 128
+    config.num_epochs = 10
+    config.log_every_steps = 100
+  else:  # The RNN's genre task (configs/rnn.py): word tokens, 0 pads.
+    config.dataset = config_lib.text_classification_dataset('shakespeare_genre')
+    config.batch_size = 64
+    config.eval_batch_size = 256
+    config.num_epochs = 10
+
+  if 'smoke' in args:
+    config.model.update(num_layers=1, width=32, num_heads=2)
+    config.dataset.num_train_examples = 256
+    config.dataset.num_eval_examples = 128
+    if 'seq_fmnist' not in args:
+      config.dataset.max_len = 64
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_epochs = 2
+    config.warmup_steps = 2
+    config.log_every_steps = 4
+    config.checkpoint_every_steps = 8
+    config.progress_bar = False
+  return config
