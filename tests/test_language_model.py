@@ -85,37 +85,23 @@ def _sample(*args):
                         capture_output=True, text=True, timeout=180)
 
 
-def test_smoke_configs_through_main_and_sample(tmp_path):
+def test_smoke_configs_through_main_and_sample_with_one_line_errors(tmp_path):
   workdir = tmp_path / 'gpt'
   result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
                            'configs/gpt.py:smoke', '--workdir', str(workdir)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
-  greedy = ['--workdir', str(workdir), '--prompt', 'ROMEO:', '--max_new_tokens', '40',
-            '--temperature', '0']
-  first, second = _sample(*greedy), _sample(*greedy)
-  assert first.returncode == 0, first.stderr
-  assert first.stdout == second.stdout  # Greedy decoding is deterministic.
-  assert first.stdout.startswith('ROMEO:') and len(first.stdout) >= 46
+  greedy = _sample('--workdir', str(workdir), '--prompt', 'ROMEO:', '--max_new_tokens', '40',
+                   '--temperature', '0')
+  assert greedy.returncode == 0, greedy.stderr
+  assert greedy.stdout.startswith('ROMEO:') and len(greedy.stdout) >= 46
   sampled = _sample('--workdir', str(workdir), '--num_samples', '2', '--top_k', '5',
                     '--top_p', '0.9', '--max_new_tokens', '50')  # Past the 32-token context.
   assert sampled.returncode == 0 and sampled.stdout.count('-' * 40) == 1, sampled.stderr
-
-
-@pytest.mark.parametrize('args,message', [
-    (['--prompt', 'caf\u00e9 \u4e00'], "characters outside the vocabulary of this run: "),
-    (['--top_p', '0'], r'--top_p=0.0 must be in \(0, 1\]'),
-])
-def test_sample_errors_are_one_line(args, message, tmp_path):
-  config = gpt.get_config('smoke')
-  config.update(num_train_steps=1, warmup_steps=0)
-  train_and_evaluate(config, tmp_path)
-  result = _sample('--workdir', str(tmp_path), *args)
-  assert result.returncode == 2 and 'Traceback' not in result.stderr
-  assert [l for l in result.stderr.splitlines() if l.startswith('error: ')][0].count(message[:20])
-
-
-def test_sample_from_a_workdir_without_a_run_fails_with_one_line(tmp_path):
-  result = _sample('--workdir', str(tmp_path))
-  assert result.returncode == 2 and 'Traceback' not in result.stderr
-  assert 'holds no trained run' in result.stderr
+  for args, message in ((['--prompt', 'caf\u00e9 \u4e00'], 'characters outside the vocabulary'),
+                        (['--top_p', '0'], '--top_p=0.0 must be in (0, 1]'),
+                        (['--workdir', str(tmp_path / 'empty')], 'holds no trained run')):
+    result = _sample('--workdir', str(workdir), *args)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+    assert len(lines) == 1 and message in lines[0], result.stderr

@@ -116,8 +116,8 @@ def test_exact_match_is_one_for_a_model_that_copies_the_target():
   assert metrics['eval_exact_match'] == 1.0 and metrics['eval_exact_match_len12'] == 1.0
 
 
-@pytest.mark.parametrize('arg', ['add,rotary,smoke', 'sort,learned,smoke'])
-def test_seq2seq_smoke_configs_run_from_the_command_line(arg, tmp_path):
+def test_seq2seq_smoke_config_runs_from_the_command_line(tmp_path):
+  arg = 'add,rotary,smoke'
   result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
                            f'configs/seq2seq.py:{arg}', '--workdir', str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -51,8 +51,8 @@ def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
     ('configs/cnn.py:smoke', dict(num_train_steps=40, log_every_steps=3, checkpoint_every_steps=10,
                                   eval_every_steps=20)),
     # A faster step: more steps, so that the kill lands between checkpoints.
-    ('configs/gpt.py:smoke', dict(num_train_steps=400, log_every_steps=7,
-                                  checkpoint_every_steps=100, eval_every_steps=200)),
+    ('configs/gpt.py:smoke', dict(num_train_steps=240, log_every_steps=7,
+                                  checkpoint_every_steps=60, eval_every_steps=120)),
 ])
 def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(config_arg, overrides,
                                                                     tmp_path):
