@@ -1,16 +1,12 @@
 """Attention: soft multi-head attention against brute force, impls against xla, the three hard
 kinds (REINFORCE unbiased, Gumbel straight-through, top-k), translated images, the configs."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import read_metrics, run_module
 from configs import attention as attention_config
 from dl10_jax import data
 from dl10_jax.errors import ConfigError
@@ -234,12 +230,10 @@ def test_soft_and_hard_attention_train_on_translated_images(kind, tmp_path):
 
 
 def test_attention_smoke_config_runs_from_the_command_line(tmp_path):
-  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
-                           'configs/attention.py:smoke', '--workdir', str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = run_module('dl10_jax.main', '--config', 'configs/attention.py:smoke',
+                      '--workdir', str(tmp_path))
   assert result.returncode == 0, result.stderr
-  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert any('eval_accuracy' in e for e in events)
+  assert any('eval_accuracy' in e for e in read_metrics(tmp_path))
 
 
 @pytest.mark.parametrize('config,override,message', [
@@ -249,9 +243,7 @@ def test_attention_smoke_config_runs_from_the_command_line(tmp_path):
      "attention_impl='flash' is not supported; allowed: xla"),
 ])
 def test_a_bad_attention_field_ends_the_run_with_one_line(config, override, message, tmp_path):
-  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config', config, override,
-                           '--workdir', str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+  result = run_module('dl10_jax.main', '--config', config, override, '--workdir', str(tmp_path))
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
   lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert len(lines) == 1 and message in lines[0], result.stderr

@@ -1,14 +1,10 @@
 """Language models and sequence classifiers through the shared loop: learning, resume, init_from."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import read_metrics, run_module
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import checkpoint
 from dl10_jax.train.trainer import restore_run, train_and_evaluate
@@ -16,7 +12,7 @@ from configs import gpt, lstm, rnn, seq_fmnist
 
 
 def _events(workdir, key):
-  events = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  events = read_metrics(workdir)
   return {e['step']: e[key] for e in events if key in e}
 
 
@@ -81,15 +77,13 @@ def test_init_from_a_differently_shaped_run_fails_with_one_line(tmp_path):
 
 
 def _sample(*args):
-  return subprocess.run([sys.executable, '-m', 'dl10_jax.sample', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=180)
+  return run_module('dl10_jax.sample', *args, timeout=180)
 
 
 def test_smoke_configs_through_main_and_sample_with_one_line_errors(tmp_path):
   workdir = tmp_path / 'gpt'
-  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
-                           'configs/gpt.py:smoke', '--workdir', str(workdir)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+  result = run_module('dl10_jax.main', '--config', 'configs/gpt.py:smoke', '--workdir', str(workdir),
+                      timeout=300)
   assert result.returncode == 0, result.stderr
   greedy = _sample('--workdir', str(workdir), '--prompt', 'ROMEO:', '--max_new_tokens', '40',
                    '--temperature', '0')

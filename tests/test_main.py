@@ -7,12 +7,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_metrics, run_module
 
 
 def _run(*args, timeout=120):
-  return subprocess.run([sys.executable, '-m', 'dl10_jax.main', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+  return run_module('dl10_jax.main', *args, timeout=timeout)
 
 
 def test_help_lists_the_flags():
@@ -53,7 +52,7 @@ def test_overrides_reach_the_run(tmp_path):
                 '--config.learning_rate=0.0005', '--config.schedule=constant',
                 '--config.model.dense_features=16')
   assert result.returncode == 0, result.stderr
-  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  events = read_metrics(tmp_path)
   assert [e['step'] for e in events if 'train_loss' in e] == [1, 2, 3]
   assert events[0]['learning_rate'] == 0.0005
   saved = json.loads((tmp_path / 'config.json').read_text())

@@ -1,14 +1,10 @@
 """Algorithmic translation data (correct, deterministic, resumable) and the seq2seq objective."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import read_metrics, run_module
 from configs import seq2seq as seq2seq_config
 from dl10_jax import data
 from dl10_jax.data import algorithmic
@@ -97,7 +93,7 @@ def test_seq2seq_metrics_per_group_and_a_short_run_learns(tmp_path):
                'eval_exact_match_len12', 'eval_loss_len12'):
     assert np.isfinite(final[name]), name
   assert 0 <= final['eval_exact_match'] <= 1
-  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  events = read_metrics(tmp_path)
   losses = [e['train_loss'] for e in events if 'train_loss' in e]
   assert losses[-1] < losses[0]
 
@@ -117,13 +113,10 @@ def test_exact_match_is_one_for_a_model_that_copies_the_target():
 
 
 def test_seq2seq_smoke_config_runs_from_the_command_line(tmp_path):
-  arg = 'add,rotary,smoke'
-  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
-                           f'configs/seq2seq.py:{arg}', '--workdir', str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = run_module('dl10_jax.main', '--config', 'configs/seq2seq.py:add,rotary,smoke',
+                      '--workdir', str(tmp_path))
   assert result.returncode == 0, result.stderr
-  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert any('eval_exact_match' in e and 'eval_loss' in e for e in events)
+  assert any('eval_exact_match' in e and 'eval_loss' in e for e in read_metrics(tmp_path))
 
 
 def test_a_config_with_two_tasks_fails_clearly():

@@ -1,7 +1,6 @@
 """The shared training loop on real data: learning, data parallelism, resume, divergence."""
 
 import importlib
-import json
 import math
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_metrics
 from dl10_jax import data
 from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train import sharding
@@ -21,7 +20,7 @@ from dl10_jax.train.trainer import train_and_evaluate
 
 def _events(workdir, key):
   """{step: value} of `key` in metrics.jsonl; a step logged twice (after a resume) keeps the last."""
-  events = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  events = read_metrics(workdir)
   return {e['step']: e[key] for e in events if key in e}
 
 

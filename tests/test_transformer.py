@@ -2,9 +2,6 @@
 decoder (causality, overfitting a batch), greedy and beam decoding under jit, the configs."""
 
 import functools
-import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT
+from conftest import read_metrics, run_module
 from configs import transformer as transformer_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import decoding, transformer
@@ -151,9 +148,7 @@ def test_transformer_classifier_trains_on_sequential_images(tmp_path):
 
 
 def test_transformer_smoke_config_runs_from_the_command_line(tmp_path):
-  result = subprocess.run([sys.executable, '-m', 'dl10_jax.main', '--config',
-                           'configs/transformer.py:smoke', '--workdir', str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = run_module('dl10_jax.main', '--config', 'configs/transformer.py:smoke',
+                      '--workdir', str(tmp_path))
   assert result.returncode == 0, result.stderr
-  events = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert any('eval_accuracy' in e for e in events)
+  assert any('eval_accuracy' in e for e in read_metrics(tmp_path))
