@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
@@ -117,11 +117,6 @@ def text_classification_dataset(name: str = 'shakespeare_genre') -> ml_collectio
   })
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
-
-
 def _positive(name: str, value: float) -> None:
   if not value > 0:
     raise ConfigError(f'{name}={value!r} must be > 0')
@@ -136,9 +131,9 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.microbatch_size < 0 or (c.microbatch_size and c.batch_size % c.microbatch_size):
     raise ConfigError(f'microbatch_size={c.microbatch_size} must divide batch_size={c.batch_size} '
                       '(or be 0 for none, -1 for auto)')
-  _choice('optimizer', c.optimizer, OPTIMIZERS)
-  _choice('schedule', c.schedule, SCHEDULES)
-  _choice('dtype', c.dtype, DTYPES)
+  check_choice('optimizer', c.optimizer, OPTIMIZERS)
+  check_choice('schedule', c.schedule, SCHEDULES)
+  check_choice('dtype', c.dtype, DTYPES)
   _positive('batch_size', c.batch_size)
   _positive('eval_batch_size', c.eval_batch_size)
   _positive('learning_rate', c.learning_rate)

@@ -15,3 +15,9 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
   """The loss became NaN or inf; the message names the step."""
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+  """Raises the one-line ConfigError for a field whose value is not one of `allowed`."""
+  if value not in allowed:
+    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')

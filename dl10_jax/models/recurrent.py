@@ -25,17 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 
 CELLS = ('rnn', 'lstm')
 LSTM_IMPLS = ('xla',)
 POOLINGS = ('last', 'mean')
 Carry = tuple[jax.Array, ...]  # (h,) for the RNN, (h, c) for the LSTM; each [B, H] float32.
-
-
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
 
 
 def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
@@ -142,9 +137,9 @@ def recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
   dz_t @ W_hh^T per step, and computes dW_hh after it as a single matmul over all steps (JAX's own
   derivative of the scan would accumulate a small weight-gradient matmul in every step).
   """
-  _check('model.cell', cell, CELLS)
+  check_choice('model.cell', cell, CELLS)
   if cell == 'lstm':
-    _check('model.lstm_impl', impl, LSTM_IMPLS)
+    check_choice('model.lstm_impl', impl, LSTM_IMPLS)
   if reverse:
     xw, mask = xw[::-1], None if mask is None else mask[::-1]
   h0 = carry[0].astype(jnp.float32)
@@ -170,7 +165,7 @@ class RecurrentLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                carry: Carry | None = None) -> tuple[jax.Array, Carry]:
-    _check('model.cell', self.cell, CELLS)
+    check_choice('model.cell', self.cell, CELLS)
     gates = 4 if self.cell == 'lstm' else 1
     h = self.features
 
@@ -300,7 +295,7 @@ class RecurrentClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
-    _check('model.pooling', self.pooling, POOLINGS)
+    check_choice('model.pooling', self.pooling, POOLINGS)
     if jnp.issubdtype(inputs.dtype, jnp.integer):
       if self.vocab_size < 1:
         raise ConfigError('model.vocab_size must be set (> 0) for token inputs')
@@ -308,7 +303,7 @@ class RecurrentClassifier(nn.Module):
       x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)(inputs)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     else:
-      _check('model.image_steps', self.image_steps, ('rows', 'pixels'))
+      check_choice('model.image_steps', self.image_steps, ('rows', 'pixels'))
       b, height, width, channels = inputs.shape
       steps = height if self.image_steps == 'rows' else height * width
       x = inputs.reshape(b, steps, -1).astype(self.dtype)

@@ -20,16 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models import attention, gpt
 
 POSITIONS = ('sinusoidal', 'learned', 'rotary')
 POOLINGS = ('cls', 'mean')
-
-
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
 
 
 def _check_heads(width: int, num_heads: int) -> None:
@@ -54,7 +49,7 @@ class Positions(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check('model.positions', self.positions, POSITIONS)
+    check_choice('model.positions', self.positions, POSITIONS)
     t, width = x.shape[1], x.shape[2]
     if t > self.max_len:
       raise ConfigError(f'a sequence of {t} positions is longer than model.max_len={self.max_len}')
@@ -118,7 +113,7 @@ class TransformerClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
-    _check('model.pooling', self.pooling, POOLINGS)
+    check_choice('model.pooling', self.pooling, POOLINGS)
     _check_heads(self.width, self.num_heads)
     if jnp.issubdtype(inputs.dtype, jnp.integer):
       if self.vocab_size < 1:
@@ -171,7 +166,7 @@ class EncoderDecoder(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    _check('model.positions', self.positions, POSITIONS)
+    check_choice('model.positions', self.positions, POSITIONS)
     _check_heads(self.width, self.num_heads)
     self.embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(1.0),
                           dtype=self.dtype)
