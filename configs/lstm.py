@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'num_layers': 1,
       'dropout_rate': 0.0,
       'tie_embeddings': False,
-      'lstm_impl': 'xla',
+      'lstm_impl': 'xla',  # xla | pallas | auto (dl10_jax/models/recurrent.py)
+      'lstm_blocks': (),  # The Pallas LSTM's (batch,) or (batch, time) blocks; () picks them.
   })
   config.batch_size = 32
   config.eval_batch_size = 128

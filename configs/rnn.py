@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'bidirectional': False,
       'pooling': 'mean',
       'dropout_rate': 0.2,
-      'lstm_impl': 'xla',
+      'lstm_impl': 'xla',  # xla | pallas | auto (dl10_jax/models/recurrent.py)
+      'lstm_blocks': (),  # The Pallas LSTM's (batch,) or (batch, time) blocks; () picks them.
   })
   config.batch_size = 64
   config.eval_batch_size = 256

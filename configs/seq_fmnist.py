@@ -29,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'num_layers': 1,
       'pooling': 'last',
       'image_steps': 'pixels' if 'pixels' in args else 'rows',
-      'lstm_impl': 'xla',
+      'lstm_impl': 'xla',  # xla | pallas | auto (dl10_jax/models/recurrent.py)
+      'lstm_blocks': (),  # The Pallas LSTM's (batch,) or (batch, time) blocks; () picks them.
   })
   config.batch_size = 128
   config.optimizer = 'adam'

@@ -1,1 +1,2 @@
-"""Pallas kernels, each beside a plain-JAX `reference_*` it is tested against (later issues)."""
+"""Pallas kernels (flash attention, the fused LSTM), each beside the plain-JAX `reference_*` it
+is tested against; leaves: they import no model, data or training code."""

@@ -8,8 +8,15 @@ when a faster implementation arrives (`config.model.attention_impl`):
   40 % fewer FLOPs at T = 256); plain jnp, the fastest on CPU, where XLA runs each batched
   matmul on one core.
 - `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (NVIDIA GPUs, fp16/bf16).
-- `pallas`: the Pallas flash-attention kernel (the kernels issue; a clear error until it lands).
-- `auto`: the best available for the backend, dtype and shape, logged once.
+- `pallas`: the Pallas flash-attention kernels (`kernels/flash_attention.py`: Triton on GPUs,
+  Mosaic on TPUs; a clear error on CPU). They take no mask but causal and key padding
+  ([B, 1, 1, Tk], what `make_mask(kv_valid=...)` builds); any other mask, or a call that asks for
+  the weights, runs `xla` (logged once).
+- `pallas_interpret`: the same kernels in the Pallas interpreter, on any backend: for tests on CPU
+  (slow; `auto` never picks it).
+- `auto`: the best available for the backend, dtype and shape, logged once: `pallas` for 16-bit
+  inputs on a GPU or TPU where the kernel applies, else `cudnn` (16-bit, GPU), `blocked` (causal
+  on CPU) or `xla`.
 
 Layout [B, T, H, D] (batch, time, heads, head dim) as in `jax.nn.dot_product_attention`; keys and
 values may have fewer heads than queries (grouped-query attention).
@@ -30,8 +37,9 @@ import jax.numpy as jnp
 from absl import logging
 
 from dl10_jax.errors import ConfigError
+from dl10_jax.kernels import flash_attention
 
-IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'auto')
+IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'pallas_interpret', 'auto')
 SCORES = ('dot', 'additive')
 MASKED = float(jnp.finfo(jnp.float32).min)  # The score of a masked key: softmax weight 0, no NaN.
 BLOCK = 64  # Query block of `blocked`.
@@ -42,17 +50,27 @@ def _log_choice(choice: str, reason: str) -> None:
   logging.info('attention_impl=auto uses %s (%s)', choice, reason)
 
 
-def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False) -> str:
+@functools.lru_cache(maxsize=None)
+def _log_fallback(impl: str, reason: str) -> None:
+  logging.info('attention_impl=%s runs xla here (%s)', impl, reason)
+
+
+def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
+                 flash_ok: bool = False) -> str:
   """The implementation `impl` stands for here; a clear error if this backend cannot run it.
 
   causal_only: the call is causal self-attention without another mask (what `blocked` runs).
+  flash_ok: the Pallas kernel can compute this call (its mask, head dim and dtype).
   """
   if impl not in IMPLS:
     raise ConfigError(f'attention_impl={impl!r} is not supported; allowed: {", ".join(IMPLS)}')
   backend = jax.default_backend()
+  half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
   if impl == 'auto':
     reason = f'{backend}, {jnp.dtype(dtype).name}' + (', causal' if causal_only else '')
-    if backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    if backend in ('gpu', 'tpu') and half and flash_ok:
+      choice = 'pallas'
+    elif backend == 'gpu' and half:
       choice = 'cudnn'
     elif backend == 'cpu' and causal_only:
       choice = 'blocked'
@@ -65,9 +83,10 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False) -> str:
   if impl == 'cudnn' and backend != 'gpu':
     raise ConfigError(f'attention_impl=cudnn needs an NVIDIA GPU, but the backend is {backend}; '
                       'use xla or auto')
-  if impl == 'pallas':
-    raise ConfigError('attention_impl=pallas is not available yet (the Pallas kernels are a later '
-                      'issue); use xla, cudnn or auto')
+  if impl == 'pallas' and backend not in ('gpu', 'tpu'):
+    raise ConfigError(f'attention_impl=pallas needs a GPU or TPU, but the backend is {backend}; '
+                      'use xla or auto (pallas_interpret runs the kernel in the Pallas '
+                      'interpreter, for tests)')
   return impl
 
 
@@ -146,6 +165,18 @@ def _check_shapes(q, k, v, mask) -> None:
                         f' = {want}')
 
 
+def _key_padding(mask: jax.Array | None, batch: int, k_len: int):
+  """(whether the flash kernel can apply `mask`, its kv_valid [B, Tk] or None).
+
+  It can when there is none, or when the mask only drops keys ([B|1, 1, 1, Tk]: padding).
+  """
+  if mask is None:
+    return True, None
+  if mask.shape[1] == 1 and mask.shape[2] == 1:
+    return True, jnp.broadcast_to(mask[:, 0, 0, :], (batch, k_len))
+  return False, None
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: jax.Array | None = None, causal: bool = False,
                           impl: str = 'xla', scale: float | None = None,
@@ -157,7 +188,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   """
   _check_shapes(q, k, v, mask)
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  impl = resolve_impl(impl, q.dtype, causal and mask is None and q.shape[1] == k.shape[1])
+  mask_ok, kv_valid = _key_padding(mask, q.shape[0], k.shape[1])
+  flash_ok = mask_ok and not return_weights and flash_attention.supports(q.shape[-1], q.dtype)
+  impl = resolve_impl(impl, q.dtype, causal and mask is None and q.shape[1] == k.shape[1],
+                      flash_ok)
+  if impl in ('pallas', 'pallas_interpret'):
+    if flash_ok:
+      return flash_attention.flash_attention(q, k, v, causal=causal, kv_valid=kv_valid,
+                                             scale=scale, interpret=impl == 'pallas_interpret')
+    _log_fallback(impl, 'the weights were asked for' if return_weights else
+                  f'mask {mask.shape}, head dim {q.shape[-1]}, {jnp.dtype(q.dtype).name}')
+    impl = 'xla'
   if impl == 'blocked' and not return_weights:
     return _blocked_causal(q, k, v, scale)
   if impl in ('xla', 'blocked'):

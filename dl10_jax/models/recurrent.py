@@ -9,8 +9,15 @@ of the recurrence as one matmul (the loop does only h_{t-1} @ W_hh):
 
 The output gate reads x_t and h_{t-1} like the others (not the cell state), and the forget-gate bias
 starts at 1. A padding mask freezes the state on padded steps, so a classifier's final state is
-that of each sequence's last valid step. `lstm_impl` selects how the LSTM recurrence runs
-(`xla`: `lax.scan`; the kernels issue adds `pallas` and `auto`).
+that of each sequence's last valid step. `lstm_impl` selects how the LSTM recurrence runs:
+
+- `xla`: the `lax.scan` below (with its own backward).
+- `pallas`: the fused Pallas kernel of dl10_jax/kernels/lstm.py (Triton on GPUs, Mosaic on TPUs);
+  one error line on CPU or where W_hh does not fit the chip. `lstm_blocks` = (batch,) or
+  (batch, time) overrides its block sizes.
+- `auto`: the kernel on GPU/TPU where the shape allows, the scan otherwise (CPU); logged once.
+- `pallas_interpret_triton` / `pallas_interpret_tpu`: that kernel in Pallas interpret mode, on any
+  backend. For tests on CPU only: correct but far slower than `xla`, so `auto` never picks them.
 
 Models: `RecurrentLM` (embedding -> stack -> vocabulary logits, with a state cache for sampling)
 and `RecurrentClassifier` (token ids or images read as sequences -> stack -> pooled -> logits).
@@ -24,11 +31,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from dl10_jax.errors import ConfigError, check_choice
+from dl10_jax.kernels import lstm as lstm_kernel
 
 CELLS = ('rnn', 'lstm')
-LSTM_IMPLS = ('xla',)
+INTERPRET_IMPLS = {'pallas_interpret_triton': 'triton', 'pallas_interpret_tpu': 'tpu'}
+LSTM_IMPLS = ('xla', 'pallas', 'auto', *INTERPRET_IMPLS)
+KERNEL_BACKENDS = {'gpu': 'triton', 'tpu': 'tpu'}  # jax.default_backend() -> LSTM kernel variant.
 POOLINGS = ('last', 'mean')
 Carry = tuple[jax.Array, ...]  # (h,) for the RNN, (h, c) for the LSTM; each [B, H] float32.
 
@@ -60,6 +71,41 @@ def reference_recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry
 
   carry, hs = jax.lax.scan(step, carry, (xw, mask))
   return hs, carry
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(choice: str, reason: str) -> None:
+  logging.info('lstm_impl=auto uses %s (%s)', choice, reason)
+
+
+def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
+                      blocks: tuple[int, ...] = ()) -> tuple[str, lstm_kernel.LstmBlocks | None]:
+  """('xla', None) for the scan, or (kernel variant, its blocks); one error line if impl can't run.
+
+  xw [T, B, 4H] and w_hh give the shape and dtypes; blocks is `model.lstm_blocks`.
+  """
+  check_choice('model.lstm_impl', impl, LSTM_IMPLS)
+  if impl == 'xla':
+    return 'xla', None
+  platform = jax.default_backend()
+  variant = INTERPRET_IMPLS.get(impl) or KERNEL_BACKENDS.get(platform)
+  if variant is None:
+    if impl == 'auto':
+      _log_choice('xla', f'{platform}: the Pallas LSTM runs on GPU or TPU')
+      return 'xla', None
+    raise ConfigError(f'model.lstm_impl=pallas needs a GPU or TPU, but the backend is {platform}; '
+                      'use xla or auto')
+  (time, batch, _), hidden = xw.shape, w_hh.shape[0]
+  chosen = lstm_kernel.override_blocks(
+      lstm_kernel.choose_blocks(variant, batch, time, hidden, xw.dtype, w_hh.dtype), blocks)
+  reason = lstm_kernel.unsupported_reason(variant, chosen, hidden, xw.dtype, w_hh.dtype)
+  if impl == 'auto':
+    _log_choice('xla' if reason else f'pallas ({variant})',
+                reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}')
+    return ('xla', None) if reason else (variant, chosen)
+  if reason:
+    raise ConfigError(f'model.lstm_impl={impl}: {reason}')
+  return variant, chosen
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -129,19 +175,24 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 def recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
                mask: jax.Array | None = None, reverse: bool = False,
-               impl: str = 'xla') -> tuple[jax.Array, Carry]:
+               impl: str = 'xla', blocks: tuple[int, ...] = ()) -> tuple[jax.Array, Carry]:
   """Runs `cell` over time. xw [T, B, G*H] (inputs already projected), w_hh [H, G*H].
 
   Returns the hidden states [T, B, H] and the final carry. Where mask [T, B] is 0 the carry is
   kept and the output is 0. A custom VJP runs the backward as one reverse scan that does only
   dz_t @ W_hh^T per step, and computes dW_hh after it as a single matmul over all steps (JAX's own
-  derivative of the scan would accumulate a small weight-gradient matmul in every step).
+  derivative of the scan would accumulate a small weight-gradient matmul in every step). The LSTM
+  runs the Pallas kernel instead where `impl` (and `blocks`, the kernel's override) says so.
   """
   check_choice('model.cell', cell, CELLS)
-  if cell == 'lstm':
-    check_choice('model.lstm_impl', impl, LSTM_IMPLS)
+  variant, kernel_blocks = (resolve_lstm_impl(impl, xw, w_hh, blocks) if cell == 'lstm'
+                            else ('xla', None))
   if reverse:
     xw, mask = xw[::-1], None if mask is None else mask[::-1]
+  if variant != 'xla':
+    hs, (h, c) = lstm_kernel.lstm(xw, w_hh, carry[0], carry[1], mask, backend=variant,
+                                  interpret=impl in INTERPRET_IMPLS, blocks=kernel_blocks)
+    return (hs[::-1] if reverse else hs), (h, c)
   h0 = carry[0].astype(jnp.float32)
   c0 = carry[1].astype(jnp.float32) if cell == 'lstm' else jnp.zeros(h0.shape[:1] + (0,))
   has_mask = mask is not None
@@ -157,6 +208,7 @@ class RecurrentLayer(nn.Module):
   reverse: bool = False
   lstm_impl: str = 'xla'
   dtype: Any = jnp.float32
+  lstm_blocks: tuple[int, ...] = ()  # The LSTM kernel's (batch,) or (batch, time) blocks; ().
 
   def zero_carry(self, batch_size: int) -> Carry:
     zeros = jnp.zeros((batch_size, self.features), jnp.float32)
@@ -181,7 +233,7 @@ class RecurrentLayer(nn.Module):
       carry = self.zero_carry(x.shape[0])
     time_mask = None if mask is None else mask.T  # [T, B]
     hs, carry = recurrence(self.cell, xw.swapaxes(0, 1), w_hh, carry, time_mask, self.reverse,
-                           self.lstm_impl)
+                           self.lstm_impl, self.lstm_blocks)
     return hs.swapaxes(0, 1).astype(self.dtype), carry  # [B, T, H]
 
 
@@ -194,6 +246,7 @@ class RecurrentStack(nn.Module):
   dropout_rate: float = 0.0
   lstm_impl: str = 'xla'
   dtype: Any = jnp.float32
+  lstm_blocks: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool,
@@ -207,8 +260,9 @@ class RecurrentStack(nn.Module):
       outputs = []
       for reverse in directions:
         index = len(out_carries)
+        name = f'layer{layer}' + ('_reverse' if reverse else '')
         y, carry = RecurrentLayer(self.cell, self.features, reverse, self.lstm_impl, self.dtype,
-                                  name=f'layer{layer}' + ('_reverse' if reverse else ''))(
+                                  self.lstm_blocks, name=name)(
                                       x, mask, None if carries is None else carries[index])
         outputs.append(y)
         out_carries.append(carry)
@@ -227,6 +281,7 @@ class RecurrentLM(nn.Module):
   tie_embeddings: bool = False
   lstm_impl: str = 'xla'
   dtype: Any = jnp.float32
+  lstm_blocks: tuple[int, ...] = ()
 
   def setup(self):
     if self.tie_embeddings and self.embed_dim != self.hidden_size:
@@ -235,7 +290,7 @@ class RecurrentLM(nn.Module):
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)
     self.stack = RecurrentStack(self.cell, self.hidden_size, self.num_layers,
                                 dropout_rate=self.dropout_rate, lstm_impl=self.lstm_impl,
-                                dtype=self.dtype)
+                                dtype=self.dtype, lstm_blocks=self.lstm_blocks)
     self.dropout = nn.Dropout(self.dropout_rate)
     if not self.tie_embeddings:
       self.head = nn.Dense(self.vocab_size, dtype=self.dtype)
@@ -292,6 +347,7 @@ class RecurrentClassifier(nn.Module):
   dropout_rate: float = 0.0
   lstm_impl: str = 'xla'
   dtype: Any = jnp.float32
+  lstm_blocks: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
@@ -309,7 +365,8 @@ class RecurrentClassifier(nn.Module):
       x = inputs.reshape(b, steps, -1).astype(self.dtype)
       mask = None
     h, carries = RecurrentStack(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
-                                self.dropout_rate, self.lstm_impl, self.dtype)(x, mask, train)
+                                self.dropout_rate, self.lstm_impl, self.dtype,
+                                self.lstm_blocks)(x, mask, train)
     if self.pooling == 'last':
       last = carries[-2:] if self.bidirectional else carries[-1:]
       pooled = jnp.concatenate([c[0] for c in last], axis=-1)
