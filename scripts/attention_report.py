@@ -110,7 +110,8 @@ def main() -> None:
     steps80 = first_step_at(evals, 'eval_accuracy', 0.8)
     rows.append(f'| {kind} | {exp.config.model.k if kind != "soft" else "all 225"} | '
                 f'{evals[-1]["eval_accuracy"]:.2%} | {steps80 if steps80 else "never"} | '
-                f'{wall / 60:.1f} min | ' + ' | '.join(f'{v:.3g}' if v > 1e-9 else '0' for v in noise) + ' |')
+                f'{wall / 60:.1f} min | ' +
+                ' | '.join(f'{v:.3g}' if v > 1e-9 else '0' for v in noise) + ' |')
     print(rows[-1], flush=True)
 
   fig = plot_overlays(panels)
