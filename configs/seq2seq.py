@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'task': task,
       'min_len': 1,
       'max_len': max_len,  # The longest training length.
+      # add: numbers written least-significant digit first (the order of carrying; 3,000 steps
+      # reach 25.6 % exact match with 'msd', see experiments/transformer).
+      'digit_order': 'lsd' if task == 'add' else 'msd',
       'eval_lengths': (max_len * 3 // 2, max_len * 2),  # Extra eval groups, each exactly this long.
       'seed': 0,  # Of the generated records (the shuffle uses config.seed).
       'train_size': 200_000,  # Records per epoch.

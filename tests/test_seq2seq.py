@@ -38,12 +38,24 @@ def test_records_solve_the_task_and_padding_follows_eos(task):
       assert target == source[::-1]
     elif task == 'sort':
       assert target == ''.join(sorted(source))
-    else:
-      a, b = source.split('+')
-      assert int(target) == int(a) + int(b)
+    else:  # configs/seq2seq.py:add writes numbers least-significant digit first.
+      a, b = (n[::-1] for n in source.split('+'))
+      assert int(target[::-1]) == int(a) + int(b)
       assert (a[0] != '0' or len(a) == 1) and (b[0] != '0' or len(b) == 1)
     eos = int(np.flatnonzero(record['target'] == algorithmic.EOS)[0])
     assert np.all(record['target'][eos + 1:] == 0) and algorithmic.BOS not in record['source']
+
+
+def test_digit_order_writes_the_same_sums_backwards():
+  msd = data.load(_dataset('add', digit_order='msd')).train
+  lsd = data.load(_dataset('add', digit_order='lsd')).train
+  for i in range(20):
+    a, b = _text(msd[i]['source']).split('+')
+    assert int(_text(msd[i]['target'])) == int(a) + int(b)
+    assert _text(lsd[i]['source']) == a[::-1] + '+' + b[::-1]
+    assert _text(lsd[i]['target']) == _text(msd[i]['target'])[::-1]
+  with pytest.raises(ConfigError, match="digit_order='backwards'.*allowed: msd, lsd"):
+    data.load(_dataset('add', digit_order='backwards'))
 
 
 def test_eval_groups_interleave_and_have_their_lengths():

@@ -7,7 +7,13 @@ int32[T], 'group': int32}, 0-padded to the split's longest; a target ends with E
 
   reverse  3 1 4 1 5      -> 5 1 4 1 3 EOS
   sort     3 1 4 1 5      -> 1 1 3 4 5 EOS
-  add      1 2 7 + 9 5    -> 2 2 2 EOS        (operands without leading zeros)
+  add      1 2 7 + 9 5    -> 2 2 2 EOS        (operands without leading zeros; digit_order='msd')
+           7 2 1 + 5 9    -> 2 2 2 EOS        (digit_order='lsd': every number written backwards)
+
+Addition written least-significant digit first lets the decoder emit each digit from the two digits
+at the same place plus the carry it has just produced, the order in which people add; written
+most-significant first, the first output digit depends on every input digit (Lee et al. 2023,
+"Teaching arithmetic to small transformers", find the same). The numbers are the same either way.
 
 Training lengths are uniform in [min_len, max_len] (per operand for add). The eval split interleaves
 groups (record i is in group i % G): training lengths first, then each of `eval_lengths` exactly
@@ -24,6 +30,7 @@ from dl10_jax.errors import ConfigError
 
 DATASETS = ('algorithmic',)
 TASKS = ('reverse', 'sort', 'add')
+DIGIT_ORDERS = ('msd', 'lsd')  # How add writes numbers: most or least significant digit first.
 PAD, BOS, EOS, PLUS, DIGIT0 = 0, 1, 2, 3, 4  # BOS starts the decoder; it is never in a record.
 VOCAB_SIZE = DIGIT0 + 10
 
@@ -36,12 +43,14 @@ def target_length(task: str, n: int) -> int:
   return n + 2 if task == 'add' else n + 1  # A sum of two n-digit numbers has <= n + 1 digits.
 
 
-def example(task: str, rng: np.random.Generator, lo: int, hi: int) -> tuple[list[int], list[int]]:
+def example(task: str, rng: np.random.Generator, lo: int, hi: int,
+            digit_order: str = 'msd') -> tuple[list[int], list[int]]:
   """One (source, target) pair of digit lengths in [lo, hi], as token ids (target without EOS)."""
   if task == 'add':
     a, b = (_number(rng, int(rng.integers(lo, hi + 1))) for _ in range(2))
-    return ([DIGIT0 + int(c) for c in str(a)] + [PLUS] + [DIGIT0 + int(c) for c in str(b)],
-            [DIGIT0 + int(c) for c in str(a + b)])
+    step = -1 if digit_order == 'lsd' else 1
+    digits = lambda n: [DIGIT0 + int(c) for c in str(n)[::step]]
+    return digits(a) + [PLUS] + digits(b), digits(a + b)
   digits = rng.integers(0, 10, int(rng.integers(lo, hi + 1)))
   out = digits[::-1] if task == 'reverse' else np.sort(digits)
   return [DIGIT0 + int(d) for d in digits], [DIGIT0 + int(d) for d in out]
@@ -58,8 +67,9 @@ class AlgorithmicSource:
   """`size` generated records; group g has digit lengths in lengths[g] = (lo, hi)."""
 
   def __init__(self, task: str, seed: int, split: int, size: int,
-               lengths: list[tuple[int, int]]):
+               lengths: list[tuple[int, int]], digit_order: str = 'msd'):
     self._task, self._seed, self._split, self._size = task, seed, split, size
+    self._digit_order = digit_order
     self._lengths = lengths
     longest = max(hi for _, hi in lengths)
     self.source_len, self.target_len = source_length(task, longest), target_length(task, longest)
@@ -72,7 +82,7 @@ class AlgorithmicSource:
       raise IndexError(i)
     group = i % len(self._lengths)
     rng = np.random.default_rng([self._seed, self._split, i])
-    src, tgt = example(self._task, rng, *self._lengths[group])
+    src, tgt = example(self._task, rng, *self._lengths[group], self._digit_order)
     source = np.zeros(self.source_len, np.int32)
     target = np.zeros(self.target_len, np.int32)
     source[:len(src)] = src
@@ -87,6 +97,10 @@ def load(config: ml_collections.ConfigDict) -> Splits:
     raise ConfigError(f'dataset.task={task!r} is not supported; allowed: {", ".join(TASKS)}')
   if not 1 <= lo <= hi:
     raise ConfigError(f'dataset.min_len={lo} and dataset.max_len={hi} need 1 <= min_len <= max_len')
+  digit_order = config.get('digit_order', 'msd')
+  if digit_order not in DIGIT_ORDERS:
+    raise ConfigError(f'dataset.digit_order={digit_order!r} is not supported; allowed: '
+                      f'{", ".join(DIGIT_ORDERS)}')
   eval_lengths = tuple(config.eval_lengths)
   if any(n < 1 for n in eval_lengths):
     raise ConfigError(f'dataset.eval_lengths={eval_lengths} must all be >= 1')
@@ -94,7 +108,8 @@ def load(config: ml_collections.ConfigDict) -> Splits:
     if config[field] < 1:
       raise ConfigError(f'dataset.{field}={config[field]} must be >= 1')
   groups = [(lo, hi)] + [(n, n) for n in eval_lengths]
-  train = AlgorithmicSource(task, config.seed, 0, config.train_size, groups[:1])
-  evals = AlgorithmicSource(task, config.seed, 1, config.eval_size * len(groups), groups)
+  train = AlgorithmicSource(task, config.seed, 0, config.train_size, groups[:1], digit_order)
+  evals = AlgorithmicSource(task, config.seed, 1, config.eval_size * len(groups), groups,
+                            digit_order)
   return Splits(train, evals, num_classes=None, input_key='source',
                 eval_groups=('train_lengths',) + tuple(f'len{n}' for n in eval_lengths))
