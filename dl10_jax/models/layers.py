@@ -29,27 +29,65 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
-def im2col(x: jax.Array, kh: int, kw: int) -> jax.Array:
-  """[B, H, W, C] -> [B, H-kh+1, W-kw+1, kh*kw*C], taps ordered (row, col, channel) like HWIO."""
-  h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-  taps = [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
-  return jnp.concatenate(taps, axis=-1)
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TensorFlow/flax 'SAME': output ceil(size / stride); the odd pixel of padding goes after."""
+  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
-  """A stride-1 VALID convolution of x [B, H, W, Cin] with kernel [kh, kw, Cin, Cout]."""
-  kh, kw, cin, cout = kernel.shape
-  if resolve_conv_impl(impl) == 'xla':
-    return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return im2col(x, kh, kw) @ kernel.reshape(kh * kw * cin, cout)
+def _taps(x: jax.Array, kh: int, kw: int, stride: int) -> list[jax.Array]:
+  """The kh*kw strided windows of an already padded x, in (row, col) order, each [B, Ho, Wo, C]."""
+  h, w = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  return [x[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride, :]
+          for i in range(kh) for j in range(kw)]
+
+
+def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
+  """[B, H, W, C] -> [B, Ho, Wo, kh*kw*C] (VALID), taps ordered (row, col, channel) like HWIO."""
+  return jnp.concatenate(_taps(x, kh, kw, stride), axis=-1)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding: str = 'VALID',
+           groups: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated` of x [B, H, W, Cin] with kernel [kh, kw, Cin/groups, Cout].
+
+  The CPU path has three forms, each a few big fused ops instead of Eigen's convolution: dense
+  kernels are im2col + one matmul (1x1: the matmul alone, on the strided input), depthwise kernels
+  (groups = Cin = Cout) a sum of kh*kw shifted products. Other groupings use XLA's convolution.
+  """
+  kh, kw, cin_per_group, cout = kernel.shape
+  depthwise = groups == x.shape[-1] == cout and cin_per_group == 1
+  if resolve_conv_impl(impl) == 'xla' or not (groups == 1 or depthwise):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                    feature_group_count=groups)
+  if padding == 'SAME':
+    pads = (same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride))
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  if depthwise:
+    taps = _taps(x, kh, kw, stride)
+    weights = kernel.reshape(kh * kw, cout)
+    return sum(tap * weights[t].reshape(1, 1, 1, cout) for t, tap in enumerate(taps))
+  if kh == kw == 1:
+    return x[:, ::stride, ::stride, :] @ kernel.reshape(x.shape[-1], cout)
+  return im2col(x, kh, kw, stride) @ kernel.reshape(kh * kw * x.shape[-1], cout)
+
+
+PADDINGS = ('VALID', 'SAME')
 
 
 class Conv2D(nn.Module):
-  """Stride-1 2-D convolution with the parameters of `nn.Conv` (`kernel` HWIO, `bias`)."""
+  """2-D convolution with the parameters of `nn.Conv` (`kernel` HWIO, `bias`) and a CPU fast path.
+
+  `feature_group_count = C` (in = out channels) is a depthwise convolution.
+  """
   features: int
   kernel_size: tuple[int, int] = (3, 3)
-  padding: str = 'VALID'  # VALID | SAME
+  strides: int = 1
+  padding: str = 'VALID'  # VALID | SAME (flax's: output ceil(size / stride))
+  feature_group_count: int = 1
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
   impl: str = 'auto'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -57,15 +95,20 @@ class Conv2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if self.padding == 'SAME':
-      x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    elif self.padding != 'VALID':
-      raise ConfigError(f'padding={self.padding!r} is not supported; allowed: VALID, SAME')
-    return conv2d(x, kernel, self.impl) + bias.reshape((1,) * (x.ndim - 1) + (-1,))
+    groups = self.feature_group_count
+    if self.padding not in PADDINGS:
+      raise ConfigError(f'padding={self.padding!r} is not supported; allowed: {", ".join(PADDINGS)}')
+    if x.shape[-1] % groups or self.features % groups:
+      raise ConfigError(f'feature_group_count={groups} must divide the input channels '
+                        f'({x.shape[-1]}) and the output channels ({self.features})')
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, x.shape[-1] // groups, self.features), self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = conv2d(x, kernel, self.impl, self.strides, self.padding, groups)
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+      y = y + bias.astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+    return y
 
 
 @jax.custom_vjp
