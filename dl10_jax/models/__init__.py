@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.models import attention_classifier, cnn, gpt, recurrent, transformer
+from dl10_jax.models import attention_classifier, cnn, gpt, recurrent, resnet, transformer
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
@@ -20,6 +20,7 @@ MODELS: dict[str, type[nn.Module]] = {
     'transformer_classifier': transformer.TransformerClassifier,
     'encoder_decoder': transformer.EncoderDecoder,
     'attention_classifier': attention_classifier.AttentionClassifier,
+    'resnet': resnet.ResNet,
 }
 
 

@@ -111,6 +111,22 @@ class Conv2D(nn.Module):
     return y
 
 
+# torchvision's conv init (kaiming_normal_, mode='fan_out', relu gain).
+kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def batch_norm(train: bool, dtype: Any, name: str | None = None,
+               zero_init: bool = False) -> nn.BatchNorm:
+  """PyTorch's BatchNorm2d defaults: running average with momentum 0.1 (flax: 0.9), eps 1e-5.
+
+  Training normalises with the statistics of the batch the step sees, so with the trainer's
+  micro-batching that is each micro-batch ("ghost" batch norm; see config `ghost_batch_norm`).
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+                      name=name)
+
+
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling, stride 2, VALID ([B, H, W, C] -> [B, H//2, W//2, C]) as reshape + max.
