@@ -33,13 +33,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-3
   c.schedule = 'constant'
   c.warmup_steps = 0
-  c.weight_decay = 0.0  # adamw only.
+  c.weight_decay = 0.0  # adamw (decoupled) and sgd (L2), on matrices and kernels only.
   c.momentum = 0.9  # sgd only.
+  c.nesterov = False  # sgd only.
+  c.label_smoothing = 0.0  # classification only.
   c.grad_clip_norm = 0.0  # 0 disables clipping.
+  # Gradual magnitude pruning (train/pruning.py): each kernel (ndim >= 2) reaches `sparsity` zeros
+  # on a cubic schedule from begin_step to end_step (-1: 80 % of num_train_steps), masks updated
+  # every `every_steps`. 0 disables it.
+  c.pruning = ml_collections.ConfigDict({'sparsity': 0.0, 'begin_step': 0, 'end_step': -1,
+                                         'every_steps': 100})
   # Examples per sequential micro-batch of a train or eval step (gradient accumulation: the mean
   # gradient is the batch's for models without batch statistics). 0: the whole batch at once;
   # -1: auto, 16 on CPU (chunks whose activations stay in cache), whole batches on accelerators.
   c.microbatch_size = 0
+  # With micro-batches, a model with BatchNorm normalises each micro-batch by its own statistics
+  # ("ghost" batch norm, Hoffer et al. 2017), not by the batch's. That changes the model, so it
+  # must be chosen: True allows it; False makes such a config an error.
+  c.ghost_batch_norm = False
 
   c.dtype = 'float32'  # Compute dtype; parameters stay float32.
 
@@ -146,6 +157,8 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.warmup_steps and c.schedule != 'warmup_cosine':
     raise ConfigError(f'warmup_steps={c.warmup_steps} needs schedule=warmup_cosine, not '
                       f'{c.schedule!r}')
+  if not 0 <= c.get('label_smoothing', 0.0) < 1:
+    raise ConfigError(f'label_smoothing={c.label_smoothing!r} must be in [0, 1)')
   _positive('log_every_steps', c.log_every_steps)
   _positive('checkpoint_every_steps', c.checkpoint_every_steps)
   _positive('keep_checkpoints', c.keep_checkpoints)
@@ -164,4 +177,25 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.warmup_steps < 0 or (c.schedule == 'warmup_cosine' and c.warmup_steps >= c.num_train_steps):
     raise ConfigError(f'warmup_steps={c.warmup_steps} must be in [0, num_train_steps='
                       f'{c.num_train_steps})')
+  _finalize_pruning(c)
   return c
+
+
+def _finalize_pruning(c: ml_collections.ConfigDict) -> None:
+  """Resolves pruning.end_step and checks the schedule fits the run (configs saved before pruning
+  existed get its defaults, so their runs still restore)."""
+  if 'pruning' not in c:
+    c.pruning = base_config().pruning
+  p = c.pruning
+  if not 0 <= p.sparsity < 1:
+    raise ConfigError(f'pruning.sparsity={p.sparsity!r} must be in [0, 1) (0 disables pruning)')
+  if p.end_step == -1:
+    p.end_step = max(1, int(0.8 * c.num_train_steps))
+  if not p.sparsity:
+    return
+  if p.begin_step < 0:
+    raise ConfigError(f'pruning.begin_step={p.begin_step} must be >= 0')
+  if not p.begin_step < p.end_step <= c.num_train_steps:
+    raise ConfigError(f'pruning.end_step={p.end_step} must be in (pruning.begin_step='
+                      f'{p.begin_step}, num_train_steps={c.num_train_steps}] (-1: 80 % of them)')
+  _positive('pruning.every_steps', p.every_steps)

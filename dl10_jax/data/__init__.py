@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-from dl10_jax.data import algorithmic, sources, text, translated
+from dl10_jax.data import algorithmic, augment, sources, text, translated
 from dl10_jax.data.pipeline import eval_batches, train_iterator
 from dl10_jax.data.sources import Splits
 from dl10_jax.data.tokenizer import Tokenizer
@@ -31,5 +33,8 @@ def load(config: ml_collections.ConfigDict, saved_tokenizer: Tokenizer | None = 
   elif config.name in translated.DATASETS:
     splits = translated.load(config)
   else:
-    splits = sources.load_images(config)
+    splits = dataclasses.replace(sources.load_images(config), augment=augment.from_config(config))
+  if config.get('augment') and splits.augment is None:
+    raise ConfigError(f'dataset.augment={config.augment!r} applies to image datasets, not '
+                      f'{config.name!r}')
   return sources.limit(splits, config)

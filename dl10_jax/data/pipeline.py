@@ -14,7 +14,7 @@ import grain
 import jax
 import numpy as np
 
-from dl10_jax.data.sources import Batch, read_batch, unchanged
+from dl10_jax.data.sources import Augment, Batch, read_batch, unchanged
 from dl10_jax.errors import ConfigError
 
 
@@ -35,11 +35,20 @@ def _batches(source: Sequence[Any], indices: grain.MapDataset, local_batch_size:
 
 
 def train_iterator(source: Sequence[Any], global_batch_size: int, seed: int, prefetch: int,
-                   preprocess: Callable[[Batch], Batch] = unchanged) -> grain.DatasetIterator:
-  """An endless iterator of local batches, reshuffled every epoch, checkpointable."""
+                   preprocess: Callable[[Batch], Batch] = unchanged,
+                   augment: Augment | None = None) -> grain.DatasetIterator:
+  """An endless iterator of local batches, reshuffled every epoch, checkpointable.
+
+  `augment(batch, rng)` draws from a generator seeded by (seed, process, batch position in the
+  stream): every epoch sees new random crops, and a resumed iterator the same ones as before.
+  """
   # Shuffling indices rather than records keeps per-example Python work to an integer.
   indices = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
   ds = _batches(source, indices, _local_batch_size(global_batch_size), True, preprocess)
+  if augment is not None:
+    process = jax.process_index()
+    ds = ds.map_with_index(
+        lambda i, batch: augment(batch, np.random.default_rng([seed, process, i])))
   # One reader thread prepares the next batches while the device runs the current step.
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=max(prefetch, 1))
   return iter(ds.to_iter_dataset(options))

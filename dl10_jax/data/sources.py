@@ -66,6 +66,7 @@ class LimitedSource:
 
 
 Batch = dict[str, np.ndarray]
+Augment = Callable[[Batch, np.random.Generator], Batch]  # Training batches only.
 
 
 def scale_images(batch: Batch) -> Batch:
@@ -87,6 +88,7 @@ class Splits:
   # Applied to each batch by the pipeline (on the reader thread), so the loop never special-cases
   # a modality.
   preprocess: Callable[[Batch], Batch] = unchanged
+  augment: Augment | None = None  # Random transforms of training batches, after preprocess.
   input_key: str = 'image'  # The batch field the model reads.
   tokenizer: Any = None  # data.tokenizer.Tokenizer of text datasets; saved with the run.
   chars_per_token: float = 1.0  # Of the eval split: turns nats per token into nats per char.

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.models import attention_classifier, cnn, gpt, recurrent, resnet, transformer
+from dl10_jax.models import (attention_classifier, cnn, gpt, mobilenet, recurrent, resnet,
+                             transformer)
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
@@ -21,6 +22,9 @@ MODELS: dict[str, type[nn.Module]] = {
     'encoder_decoder': transformer.EncoderDecoder,
     'attention_classifier': attention_classifier.AttentionClassifier,
     'resnet': resnet.ResNet,
+    'mobilenet_v1': mobilenet.MobileNetV1,
+    'mobilenet_v2': mobilenet.MobileNetV2,
+    'shufflenet_v2': mobilenet.ShuffleNetV2,
 }
 
 

@@ -32,7 +32,12 @@ class Classification(Objective):
   def loss(self, params: Any, state: TrainState, batch: Batch,
            rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
     logits, model_state, sown = self.apply_train(params, state, self.model_inputs(batch), rng)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    smoothing = self.config.get('label_smoothing', 0.0)
+    if smoothing:
+      targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], logits.shape[-1]), smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+    else:
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
     metrics = {'train_loss': loss, 'train_accuracy': correct.mean()}
     if sown:  # E.g. hard attention's REINFORCE terms, rewarded 1 for a right answer (Mnih 2014).

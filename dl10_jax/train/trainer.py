@@ -24,7 +24,7 @@ import tqdm
 from dl10_jax import config_lib, data, models
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
-from dl10_jax.train import checkpoint, make_objective, optim, sharding, throughput
+from dl10_jax.train import checkpoint, make_objective, optim, pruning, sharding, throughput
 from dl10_jax.train.checkpoint import Checkpointer
 from dl10_jax.train.objective import Objective
 from dl10_jax.train.state import TrainState
@@ -55,7 +55,8 @@ class Experiment:
 
   def train_iterator(self):
     return data.train_iterator(self.splits.train, self.config.batch_size, self.config.seed,
-                               self.config.dataset.prefetch, self.splits.preprocess)
+                               self.config.dataset.prefetch, self.splits.preprocess,
+                               self.splits.augment)
 
   def eval_batches(self):
     return data.eval_batches(self.splits.eval, self.config.eval_batch_size,
@@ -110,6 +111,12 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
   init = jax.jit(objective.init_state, out_shardings=replicated)
   shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
                           _example_batch(splits, config.batch_size, mesh))
+  if 'batch_stats' in shapes.model_state and config.microbatch_size and \
+      not config.ghost_batch_norm:
+    raise ConfigError(
+        f'model {config.model.name!r} has BatchNorm, and microbatch_size={config.microbatch_size} '
+        'would normalise each micro-batch by its own statistics: set ghost_batch_norm=True to '
+        'choose that (ghost batch norm), or microbatch_size=0 for whole-batch statistics')
   state_sharding = jax.tree.map(lambda _: replicated, shapes)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, state_sharding)
@@ -124,11 +131,17 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
                     abstract_state, train_step, eval_step)
 
 
-def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
-  """One pass over the eval split; sums stay on the device until the end."""
+def evaluate(exp: Experiment, state: Any,
+             eval_step: Callable[[Any, Any], Any] | None = None) -> dict[str, float]:
+  """One pass over the eval split; sums stay on the device until the end.
+
+  `eval_step` replaces `exp.eval_step` for another form of the model (int8 weights: `state` is
+  then whatever that step reads).
+  """
+  eval_step = eval_step or exp.eval_step
   totals = None
   for batch in exp.eval_batches():
-    sums = exp.eval_step(state, sharding.to_global(batch, exp.mesh))
+    sums = eval_step(state, sharding.to_global(batch, exp.mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
 
@@ -224,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if do_eval or do_save:  # Their time is kept out of the throughput.
         if do_eval:
           eval_metrics = evaluate(exp, state)
+          if config.pruning.sparsity:  # What the weights hold, not what the schedule asks.
+            eval_metrics['sparsity'] = pruning.sparsity(state.params)
           writer.write(step, eval_metrics)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
           final.update(eval_metrics)
