@@ -83,31 +83,35 @@ def test_schedule_is_monotone_zero_before_begin_and_the_target_from_end():
   assert s[30] > 0.8 * 0.5  # Cubic: fast at first, 87.5 % of the target half-way.
 
 
+ONE_DEVICE = jax.devices()[:1]  # The replicated masks are recomputed on each device: 8x the sorts.
+
+
 @pytest.fixture(scope='module')
 def pruned_run(tmp_path_factory):
-  """16 steps of the CNN smoke config pruned to 75 %, checkpoints at 8 and 16."""
+  """8 steps of the CNN smoke config pruned to 75 % by step 6; checkpoints at 4 and 8."""
   config = cnn.get_config('smoke')
-  config.update(num_train_steps=16, eval_every_steps=8)
-  config.pruning.update(sparsity=0.75, begin_step=2, end_step=12, every_steps=3)
+  config.update(num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=4)
+  config.pruning.update(sparsity=0.75, begin_step=1, end_step=6, every_steps=2)
   workdir = tmp_path_factory.mktemp('pruned')
-  train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir, devices=ONE_DEVICE)
   return config, workdir
 
 
 def test_masks_live_in_the_checkpoint_and_a_resumed_run_prunes_the_same(pruned_run, tmp_path):
   config, workdir = pruned_run
-  _, reference = restore_run(workdir)
+  _, reference = restore_run(workdir, ONE_DEVICE)
   for name, p in jax.tree_util.tree_leaves_with_path(reference.params):
     if p.ndim >= 2:  # Each CNN kernel's size is a multiple of 4: exactly 3/4 zeros.
       assert int(jnp.sum(p == 0)) == 3 * p.size // 4, name
-  assert {e['step']: e['sparsity'] for e in read_metrics(workdir) if 'sparsity' in e}[16] == 0.75
+  logged = {e['step']: e['sparsity'] for e in read_metrics(workdir) if 'sparsity' in e}
+  assert 0 < logged[4] < logged[8] == 0.75
 
   resumed = tmp_path / 'resumed'
   shutil.copytree(workdir, resumed)
-  shutil.rmtree(resumed / 'checkpoints' / '16')  # As if killed after the checkpoint of step 8.
-  train_and_evaluate(config, resumed)
-  _, state = restore_run(resumed)
-  assert int(state.step) == 16
+  shutil.rmtree(resumed / 'checkpoints' / '8')  # As if killed after the checkpoint of step 4.
+  train_and_evaluate(config, resumed, devices=ONE_DEVICE)
+  _, state = restore_run(resumed, ONE_DEVICE)
+  assert int(state.step) == 8
   jax.tree.map(np.testing.assert_array_equal, state.params, reference.params)
   jax.tree.map(np.testing.assert_array_equal, _masks(state.opt_state), _masks(reference.opt_state))
 
@@ -140,7 +144,7 @@ def test_int8_eval_of_a_trained_cnn_loses_little_accuracy(pruned_run, tmp_path, 
   results = script.main(['--workdir', str(workdir), '--json', str(tmp_path / 'out.json')])
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[0] for line in lines] == ['float32', 'int8']
-  assert results['float32']['accuracy'] > 0.5  # Chance is 0.1.
+  assert results['float32']['accuracy'] > 0.3  # Chance is 0.1.
   assert abs(results['int8']['accuracy_drop']) <= 0.02  # 5 of 256 eval images.
   assert results['int8']['loss'] == pytest.approx(results['float32']['loss'], rel=0.05)
   assert results['float32']['bytes'] / results['int8']['bytes'] > 3.9

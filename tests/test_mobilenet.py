@@ -34,6 +34,26 @@ def _apply_with_features(model, variables, x, last, **kwargs):
   return logits, state['intermediates'][last]['__call__'][0]
 
 
+def _variables(model, x):
+  """Random variables without compiling `model.init` (its random draws compile slowly on CPU):
+  Kaiming fan-in normal kernels, the rest as initialised (BN scale 1, biases and means 0)."""
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+    return (np.ones if name in ('scale', 'var') else np.zeros)(leaf.shape, np.float32)
+
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _others_changed(x):
+  """x with every example but the first replaced."""
+  return x.at[1:].set(jax.random.normal(jax.random.PRNGKey(9), x[1:].shape))
+
+
 @functools.cache
 def _imagenet(name, **kwargs):
   """Traced (variables, logits, last features) of the ImageNet model at 224 px, 1000 classes."""
@@ -63,33 +83,14 @@ def test_depthwise_convs_have_one_input_channel_per_group(name):
   _, _, _, num_depthwise, _ = MODELS[name]
   params = flax.traverse_util.flatten_dict(_imagenet(name)[0]['params'])
   kernels = {path: p.shape for path, p in params.items() if path[-1] == 'kernel'}
-  depthwise = {path: shape for path, shape in kernels.items() if len(path) > 2 and path[-3].endswith('dw')}
+  depthwise = {path: shape for path, shape in kernels.items()
+               if len(path) > 2 and path[-3].endswith('dw')}  # [..., 'dw', 'conv', 'kernel']
   assert len(depthwise) == num_depthwise
   for path, shape in depthwise.items():
     assert shape[:3] == (3, 3, 1), path  # [3, 3, 1, C]: one input channel per output.
   # Every other conv is dense: the stem 3x3, the rest 1x1.
   assert all(shape[:2] == (1, 1) or path[0] == 'stem' for path, shape in kernels.items()
              if path not in depthwise and len(shape) == 4)
-
-
-def _variables(model, x):
-  """Random variables without compiling `model.init` (its random draws compile slowly on CPU):
-  Kaiming fan-in normal kernels, the rest as initialised (BN scale 1, biases and means 0)."""
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-    return (np.ones if name in ('scale', 'var') else np.zeros)(leaf.shape, np.float32)
-
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _others_changed(x):
-  """x with every example but the first replaced."""
-  return x.at[1:].set(jax.random.normal(jax.random.PRNGKey(9), x[1:].shape))
 
 
 @pytest.mark.parametrize('name', MODELS)
