@@ -85,8 +85,54 @@ def _language_model(module_cls):
   return build
 
 
+class _BasicBlock(nn.Module):
+  def __init__(self, cin, cout, stride, shortcut):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.stride, self.extra = stride, cout - cin
+    self.project = None
+    if (stride != 1 or cin != cout) and shortcut == 'projection':
+      self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                   nn.BatchNorm2d(cout))
+
+  def forward(self, x):
+    y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    if self.project is not None:
+      x = self.project(x)
+    elif self.stride != 1 or self.extra:  # Option A: strided identity, zero channels added.
+      x = F.pad(x[:, :, ::self.stride, ::self.stride],
+                (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+    return F.relu(y + x)
+
+
+def _cifar_resnet(config):
+  m = config.model
+  if m.style != 'cifar':
+    raise ValueError('the PyTorch twin covers CIFAR-style ResNets (model.style=cifar)')
+  n, layers, cin = (m.depth - 2) // 6, [], 16
+  for stage, width in enumerate((16, 32, 64)):
+    for i in range(n):
+      layers.append(_BasicBlock(cin, width, 2 if stage and not i else 1, m.shortcut))
+      cin = width
+  channels = 1 if config.dataset.name in ('fashion_mnist', 'mnist') else 3
+  model = nn.Sequential(nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                        nn.ReLU(), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, m.num_classes))
+  model = model.to(memory_format=torch.channels_last)
+
+  def loss(batch):
+    x = torch.from_numpy(np.ascontiguousarray(batch['image'].transpose(0, 3, 1, 2)))
+    return F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)),
+                           torch.from_numpy(batch['label']).long(),
+                           label_smoothing=config.label_smoothing)
+  return model, loss
+
+
 TWINS = {'cnn': _cnn, 'recurrent_lm': _language_model(_RecurrentLM),
-         'gpt': _language_model(_GPT)}
+         'gpt': _language_model(_GPT), 'resnet': _cifar_resnet}
 
 
 def make_step(config, compile_model: bool = False):
@@ -101,9 +147,13 @@ def make_step(config, compile_model: bool = False):
                                   lr=config.learning_rate)
   elif config.optimizer == 'adam':
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-  else:
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate,
-                                momentum=config.momentum)
+  else:  # L2 on kernels only, as optim.make_optimizer.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.SGD([{'params': decay, 'weight_decay': config.weight_decay},
+                                 {'params': rest, 'weight_decay': 0.0}],
+                                lr=config.learning_rate, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0)
   loss_fn = torch.compile(loss_fn) if compile_model else loss_fn
 
   def step(batch):

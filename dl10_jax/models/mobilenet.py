@@ -3,10 +3,11 @@
 - MobileNetV1 (Howard et al. 2017): a 3x3/2 conv and 13 depthwise-separable blocks (3x3 depthwise
   + 1x1 pointwise). Width multiplier alpha scales every channel count as Keras does,
   `max(1, int(c * alpha))` (truncation: 0.25, 0.5 and 0.75 are exact); `resolution_multiplier` is
-  the paper's rho, applied here by resizing the input (bilinear) inside the model. 1.0 at 224 has
-  4,231,976 parameters, Keras' trainable count.
+  the paper's rho, applied here by resizing the input (bilinear) inside the model. 1.0 at 224 with
+  1000 classes has 4,231,976 parameters, Keras' trainable count (its 1e-3 dropout is left out).
 - MobileNetV2 (Sandler et al. 2018), as torchvision: inverted residuals (1x1 expand, 3x3
-  depthwise, linear 1x1 projection), channels `_make_divisible(c * alpha, 8)`; 3,504,872 parameters.
+  depthwise, linear 1x1 projection), channels `_make_divisible(c * alpha, 8)`, the last 1x1 conv
+  1280 channels unless alpha > 1; dropout 0.2 before the head. 3,504,872 parameters (1.0, 1000).
 - ShuffleNetV2 (Ma et al. 2018), as torchvision `shufflenet_v2_x{0_5,1_0,1_5,2_0}`: units that
   split (or, at stride 2, duplicate) the channels, run one branch, concatenate and shuffle;
   x1.0 has 2,278,604 parameters.
