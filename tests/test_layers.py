@@ -55,8 +55,12 @@ def test_conv_without_bias_and_bad_groups():
 
 
 def test_conv_impl_auto_and_bad_value():
-  assert layers.resolve_conv_impl('auto') == ('patches' if jax.default_backend() == 'cpu'
-                                              else 'xla')
+  cpu = jax.default_backend() == 'cpu'
+  assert layers.resolve_conv_impl('auto', (3, 3, 8, 32), 4) == 'xla'  # Grouped, not depthwise.
+  assert layers.resolve_conv_impl('auto', (3, 3, 1, 32), 32) == ('patches' if cpu else 'xla')
+  assert layers.resolve_conv_impl('auto', (1, 1, 16, 32)) == ('patches' if cpu else 'xla')
+  assert layers.resolve_conv_impl('auto', (3, 3, 16, 32)) == 'xla'
+  assert layers.resolve_conv_impl('patches', (3, 3, 16, 32)) == 'patches'
   with pytest.raises(ValueError, match="conv_impl='fft'.*auto, xla, patches"):
     layers.resolve_conv_impl('fft')
 

@@ -1,9 +1,10 @@
 """Layers shared by the vision models, with backend-aware implementations.
 
-XLA's native convolution is the right choice on GPU and TPU, but its CPU path (Eigen) is several
-times slower than an explicit im2col + one matmul for the small convolutions of these models, and the
-backward of `reduce_window` max-pooling is slow there too. `Conv2D(impl='auto')` picks per backend;
-both have the same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
+XLA's native convolution is the right choice on GPU and TPU. On CPU (Eigen) it is several times
+slower than the explicit forms here for depthwise and 1x1 convolutions, and for the seed CNN's
+micro-batched 3x3s; the backward of `reduce_window` max-pooling is slow there too.
+`Conv2D(impl='auto')` picks per backend and kernel form (`resolve_conv_impl`); both paths have the
+same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
 Keeping the im2col tensors in cache is the trainer's `microbatch_size` (train/objective.py).
 """
 
@@ -21,12 +22,22 @@ from dl10_jax.errors import ConfigError
 CONV_IMPLS = ('auto', 'xla', 'patches')
 
 
-def resolve_conv_impl(impl: str) -> str:
+def resolve_conv_impl(impl: str, kernel_shape: tuple[int, ...] = (3, 3, 1, 1),
+                      groups: int = 1) -> str:
+  """The implementation `impl` means for a kernel [kh, kw, Cin/groups, Cout] on this backend.
+
+  auto on CPU, as measured (fwd + bwd, batch 64, experiments/benchmarks.md): depthwise 3x3 with
+  patches is 5-9x faster than Eigen's and a 1x1 as a matmul 2.5x; dense 3x3 convolutions are a
+  draw or (16 channels) 4x faster with XLA's, so they keep it. Everywhere else: XLA's.
+  """
   if impl not in CONV_IMPLS:
     raise ConfigError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
-  if impl == 'auto':
-    return 'patches' if jax.default_backend() == 'cpu' else 'xla'
-  return impl
+  if impl != 'auto':
+    return impl
+  if jax.default_backend() != 'cpu':
+    return 'xla'
+  kh, kw, cin_per_group, _ = kernel_shape
+  return 'patches' if (groups > 1 and cin_per_group == 1) or kh == kw == 1 else 'xla'
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -57,7 +68,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding:
   """
   kh, kw, cin_per_group, cout = kernel.shape
   depthwise = groups == x.shape[-1] == cout and cin_per_group == 1
-  if resolve_conv_impl(impl) == 'xla' or not (groups == 1 or depthwise):
+  if resolve_conv_impl(impl, kernel.shape, groups) == 'xla' or not (groups == 1 or depthwise):
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                     feature_group_count=groups)

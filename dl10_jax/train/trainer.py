@@ -255,15 +255,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return final
 
 
+def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The finalized config a run in `workdir` saved (derived fields such as num_classes resolved)."""
+  config_path = pathlib.Path(workdir) / 'config.json'
+  if not config_path.is_file():
+    raise ConfigError(f'{workdir} holds no trained run (no config.json); pass the --workdir of a '
+                      'run of dl10_jax.main')
+  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
 def restore_run(workdir: str | pathlib.Path,
                 devices: list[Any] | None = None) -> tuple[Experiment, TrainState]:
   """The experiment of the run in `workdir` (its saved config and tokenizer) and its newest state."""
   workdir = pathlib.Path(workdir)
-  config_path = workdir / 'config.json'
-  if not config_path.is_file():
-    raise ConfigError(f'{workdir} holds no trained run (no config.json); pass the --workdir of a '
-                      'run of dl10_jax.main')
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config = run_config(workdir)
   config.progress_bar = False
   exp = build_experiment(config, devices, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
