@@ -35,10 +35,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'small_input': True,
       'conv_impl': 'auto',
   })
+  # Widths for >= 4x fewer MACs than ResNet-20 (30.8 M per 28x28 example): MobileNetV1 0.35
+  # (~5.7 M), ShuffleNetV2 0.5 (9.0 M); MobileNetV2 0.35 costs 12.8 M with its small-input strides.
   if family == 'shufflenet':
     config.model.width = 0.5
   else:
-    config.model.width_multiplier = 0.5
+    config.model.width_multiplier = 0.35
   if family == 'v2':
     config.model.dropout_rate = 0.2
   if 'smoke' in args:

@@ -157,3 +157,31 @@ def test_random_crop_shifts_and_flip_mirrors():
     assert np.array_equal(out, src) or np.array_equal(out, src[:, ::-1])
   with pytest.raises(ConfigError, match="dataset.augment has 'rotate'; allowed: crop, flip"):
     augment.from_config(config_with(augment='rotate'))
+
+
+def _events(workdir, key):
+  return [m[key] for m in read_metrics(workdir) if key in m]
+
+
+def test_eight_devices_match_one_with_batch_norm(tmp_path):
+  """Batch statistics are over the global batch under jit, so sharding the batch changes nothing."""
+  config = resnet_config.get_config('smoke')
+  config.update(num_train_steps=4, log_every_steps=1, eval_every_steps=4)
+  one = train_and_evaluate(config, tmp_path / 'one', devices=jax.devices()[:1])
+  eight = train_and_evaluate(config, tmp_path / 'eight')
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(_events(tmp_path / 'eight', 'train_loss'),
+                             _events(tmp_path / 'one', 'train_loss'), rtol=1e-4)
+  assert eight['eval_loss'] == pytest.approx(one['eval_loss'], rel=1e-4)
+
+
+def test_cifar10_by_tfds_name_trains(tmp_path):
+  """`dataset.name=cifar10` goes through tfds.data_source (mocked: no network), with augmentation."""
+  import tensorflow_datasets as tfds
+  config = resnet_config.get_config('smoke')
+  config.dataset.update(name='cifar10', crop_padding=4, num_train_examples=-1,
+                        num_eval_examples=-1)
+  config.num_train_steps = 2
+  with tfds.testing.mock_data(num_examples=64):
+    final = train_and_evaluate(config, tmp_path)
+  assert np.isfinite(final['eval_loss']) and 0 <= final['eval_accuracy'] <= 1
