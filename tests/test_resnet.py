@@ -181,7 +181,18 @@ def test_cifar10_by_tfds_name_trains(tmp_path):
   config = resnet_config.get_config('smoke')
   config.dataset.update(name='cifar10', crop_padding=4, num_train_examples=-1,
                         num_eval_examples=-1)
-  config.num_train_steps = 2
+  config.num_train_steps = 3
   with tfds.testing.mock_data(num_examples=64):
     final = train_and_evaluate(config, tmp_path)
   assert np.isfinite(final['eval_loss']) and 0 <= final['eval_accuracy'] <= 1
+
+
+def test_init_from_carries_the_batch_norm_statistics(tmp_path):
+  """Fine-tuning starts from the trained model: its step-0 eval is the source run's final eval."""
+  config = resnet_config.get_config('smoke')
+  config.num_train_steps = 4
+  source = train_and_evaluate(config, tmp_path / 'source', devices=jax.devices()[:1])
+  config.update(init_from=str(tmp_path / 'source'), num_train_steps=1)
+  train_and_evaluate(config, tmp_path / 'finetune', devices=jax.devices()[:1])
+  step0 = [m for m in read_metrics(tmp_path / 'finetune') if m['step'] == 0][0]
+  assert step0['eval_loss'] == pytest.approx(source['eval_loss'], rel=1e-5)

@@ -76,6 +76,11 @@ def scale_images(batch: Batch) -> Batch:
   return batch
 
 
+def numeric_images(batch: Batch) -> Batch:
+  """TFDS records without their text fields (cifar10's 'id'), which no device can hold; scaled."""
+  return scale_images({k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in 'OSU'})
+
+
 def unchanged(batch: Batch) -> Batch:
   return batch
 
@@ -113,7 +118,7 @@ def _tfds(name: str, data_dir: str) -> Splits:
         f'an offline IDX dataset ({e.__class__.__name__}: {str(e).splitlines()[0]})') from None
   features = builder.info.features
   label = features['label'] if 'label' in features.keys() else None
-  return Splits(train, test, getattr(label, 'num_classes', None), preprocess=scale_images)
+  return Splits(train, test, getattr(label, 'num_classes', None), preprocess=numeric_images)
 
 
 def load_images(config: ml_collections.ConfigDict) -> Splits:

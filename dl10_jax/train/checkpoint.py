@@ -79,17 +79,21 @@ def _step_dir(path: pathlib.Path) -> pathlib.Path | None:
   return path if (path / 'state').is_dir() else None
 
 
-def load_params(path: str | pathlib.Path, fresh: Any, reinit: str = '') -> Any:
+def load_params(path: str | pathlib.Path, fresh: Any, reinit: str = '',
+                collection: str = 'params') -> Any:
   """`fresh` with every parameter replaced by the one saved in the run at `path`.
 
   Parameters whose path matches the regex `reinit` keep their fresh value (a new head). Any other
-  missing or differently shaped parameter is an error naming it.
+  missing or differently shaped parameter is an error naming it. `collection='model_state'` loads
+  the model's other variables (BatchNorm running statistics) the same way.
   """
   step_dir = _step_dir(pathlib.Path(path).absolute())
   if step_dir is None:
     raise ConfigError(f'init_from={str(path)!r} holds no checkpoint; pass a workdir, its '
                       'checkpoints directory or one step directory of a trained run')
-  saved = ocp.StandardCheckpointer().restore(step_dir / 'state')['params']
+  if not jax.tree.leaves(fresh):
+    return fresh
+  saved = ocp.StandardCheckpointer().restore(step_dir / 'state')[collection]
   flat_saved = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
   pattern = re.compile(reinit) if reinit else None
 
