@@ -26,16 +26,18 @@ def resolve_conv_impl(impl: str, kernel_shape: tuple[int, ...] = (3, 3, 1, 1),
                       groups: int = 1) -> str:
   """The implementation `impl` means for a kernel [kh, kw, Cin/groups, Cout] on this backend.
 
-  auto on CPU, as measured (fwd + bwd, batch 64, experiments/benchmarks.md): depthwise 3x3 with
-  patches is 5-9x faster than Eigen's and a 1x1 as a matmul 2.5x; dense 3x3 convolutions are a
-  draw or (16 channels) 4x faster with XLA's, so they keep it. Everywhere else: XLA's.
+  On GPU and TPU every impl but an explicit 'xla' is XLA's convolution too: 'patches' names the
+  CPU fast path. 'auto' on CPU, as measured (fwd + bwd, batch 64): depthwise 3x3 as patches is 5-9x
+  faster than Eigen's convolution and a 1x1 as a matmul 2.5x; whole-batch dense 3x3s are a draw or
+  (16 channels) 4x faster with XLA's, so they keep it. Micro-batched 3x3s (the seed CNN's chunks
+  of 16 inside a scan) are 13x faster as patches: that config asks for 'patches'.
   """
   if impl not in CONV_IMPLS:
     raise ConfigError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
-  if impl != 'auto':
-    return impl
-  if jax.default_backend() != 'cpu':
+  if impl == 'xla' or jax.default_backend() != 'cpu':
     return 'xla'
+  if impl == 'patches':
+    return impl
   kh, kw, cin_per_group, _ = kernel_shape
   return 'patches' if (groups > 1 and cin_per_group == 1) or kh == kw == 1 else 'xla'
 
