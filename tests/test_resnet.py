@@ -193,7 +193,7 @@ def test_init_from_carries_the_batch_norm_statistics(tmp_path):
   config = resnet_config.get_config('smoke')
   config.num_train_steps = 4
   source = train_and_evaluate(config, tmp_path / 'source', devices=jax.devices()[:1])
-  config.update(init_from=str(tmp_path / 'source'), num_train_steps=1)
+  config.update(init_from=str(tmp_path / 'source'), num_train_steps=3)
   train_and_evaluate(config, tmp_path / 'finetune', devices=jax.devices()[:1])
   step0 = [m for m in read_metrics(tmp_path / 'finetune') if m['step'] == 0][0]
   assert step0['eval_loss'] == pytest.approx(source['eval_loss'], rel=1e-5)
