@@ -128,7 +128,8 @@ def plot(rows: list[dict], out: pathlib.Path) -> None:
   ax.set_xscale('log')
   millions = ticker.FuncFormatter(lambda v, _: f'{v / 1e6:g} M')
   ax.xaxis.set_major_formatter(millions)
-  ax.xaxis.set_minor_formatter(millions)
+  ax.xaxis.set_minor_formatter(  # Label 2, 3 and 5 of each decade; more would overlap.
+      ticker.FuncFormatter(lambda v, _: f'{v / 1e6:g} M' if str(v)[0] in '235' else ''))
   ax.tick_params(axis='x', which='minor', labelsize=7)
   ax.set_xlabel('MACs per example (log scale)')
   ax.set_ylabel('test accuracy (%)')
