@@ -58,7 +58,6 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool
   conv: Callable[..., nn.Module]
   dtype: Any
-  expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -78,7 +77,6 @@ class Bottleneck(nn.Module):
   zero_init_residual: bool
   conv: Callable[..., nn.Module]
   dtype: Any
-  expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -105,5 +105,5 @@ def sparsity(params: Any) -> float:
   """The fraction of exact zeros over the prunable parameters: what pruning achieved."""
   kernels = [p for p in jax.tree.leaves(params) if prunable(p)]
   total = sum(p.size for p in kernels)
-  zeros = sum(int(jnp.sum(p == 0)) for p in kernels)
-  return zeros / total if total else 0.0
+  zeros = sum((jnp.sum(p == 0) for p in kernels), jnp.zeros((), jnp.int32))
+  return int(zeros) / total if total else 0.0  # One host sync, at eval points only.
