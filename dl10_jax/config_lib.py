@@ -66,8 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.progress_bar = True
 
-  # Mesh axis sizes; -1 takes all remaining devices. Later issues add `fsdp` / `tensor` axes.
-  c.mesh = ml_collections.ConfigDict({'data': -1})
+  # Mesh axis sizes (train/sharding.py); -1 takes all remaining devices. Batches split over
+  # data x fsdp; fsdp also splits the large arrays of the train state; tensor splits attention
+  # heads and MLP hidden units (GPT, Transformer). E.g. --config.mesh.fsdp=4.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.model = ml_collections.ConfigDict({'name': ''})
   c.dataset = ml_collections.ConfigDict({
@@ -165,7 +167,7 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   for field in ('batch_size', 'eval_batch_size'):
     if c[field] % num_data_devices:
       raise ConfigError(f'{field}={c[field]} is not divisible by the {num_data_devices} devices of '
-                        f'the mesh data axis; use a multiple of {num_data_devices}')
+                        f'the mesh batch axes (data x fsdp); use a multiple of {num_data_devices}')
   steps_per_epoch = max(1, math.ceil(num_train_examples / c.batch_size))
   if c.num_train_steps == -1:
     _positive('num_epochs', c.num_epochs)

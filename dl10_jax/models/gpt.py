@@ -56,9 +56,11 @@ class CausalSelfAttention(nn.Module):
                start: jax.Array | int = 0):
     b, t, width = x.shape
     head_dim = width // self.num_heads
-    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
-                   name='qkv')(x)
-    q, k, v = jnp.split(qkv.reshape(b, t, 3 * self.num_heads, head_dim), 3, axis=2)  # [B, T, H, D]
+    # One fused projection with kernel [W, 3, H, D]: heads are an axis of their own, so tensor
+    # parallelism splits them (train/sharding.py) and each device holds whole heads of q, k, v.
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
+                          kernel_init=nn.initializers.normal(0.02), name='qkv')(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, 3, H, D] -> 3 x [B, T, H, D]
     if self.positions == 'rotary':
       pos = start + jnp.arange(t)
       q, k = rotary(q, pos), rotary(k, pos)

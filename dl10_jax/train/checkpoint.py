@@ -6,28 +6,30 @@ mid-save leaves the previous checkpoint intact; restoring picks the newest compl
 
 from __future__ import annotations
 
-import pathlib
+import os
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dl10_jax.errors import ConfigError
+from dl10_jax.train.sharding import path_name
 
 
-def _path(key_path: tuple[Any, ...]) -> str:
-  """'params/Dense_0/kernel' for a key path of attributes, dict keys or indices alike."""
-  return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
-                  for k in key_path)
+def resolve_path(path: str | os.PathLike) -> epath.Path:
+  """A workdir as a path on any file system epath knows (local, gs://): local ones made
+  absolute, which orbax requires, remote ones as given."""
+  return epath.Path(path) if '://' in str(path) else epath.Path(path).absolute()
 
 
 class Checkpointer:
   """WORKDIR/checkpoints: the newest `keep` steps, each with the state and the data position."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep: int):
-    directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+  def __init__(self, workdir: str | os.PathLike, keep: int):
+    directory = resolve_path(workdir) / 'checkpoints'
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -49,10 +51,10 @@ class Checkpointer:
       saved = None
     if saved is None:
       return 'it holds no train state; is it a dl10_jax checkpoint directory?'
-    flat_saved = {_path(p): getattr(x, 'shape', None)
+    flat_saved = {path_name(p): getattr(x, 'shape', None)
                   for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
     for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-      key = _path(p)
+      key = path_name(p)
       if key not in flat_saved:
         return f'{key} is not in the checkpoint'
       if tuple(flat_saved[key]) != tuple(x.shape):
@@ -70,7 +72,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _step_dir(path: pathlib.Path) -> pathlib.Path | None:
+def _step_dir(path: epath.Path) -> epath.Path | None:
   """The newest step directory under a workdir, its checkpoints dir, or the step dir itself."""
   for candidate in (path / 'checkpoints', path):
     steps = [p for p in candidate.iterdir() if p.name.isdigit()] if candidate.is_dir() else []
@@ -79,7 +81,7 @@ def _step_dir(path: pathlib.Path) -> pathlib.Path | None:
   return path if (path / 'state').is_dir() else None
 
 
-def load_params(path: str | pathlib.Path, fresh: Any, reinit: str = '',
+def load_params(path: str | os.PathLike, fresh: Any, reinit: str = '',
                 collection: str = 'params') -> Any:
   """`fresh` with every parameter replaced by the one saved in the run at `path`.
 
@@ -87,18 +89,18 @@ def load_params(path: str | pathlib.Path, fresh: Any, reinit: str = '',
   missing or differently shaped parameter is an error naming it. `collection='model_state'` loads
   the model's other variables (BatchNorm running statistics) the same way.
   """
-  step_dir = _step_dir(pathlib.Path(path).absolute())
+  step_dir = _step_dir(resolve_path(path))
   if step_dir is None:
     raise ConfigError(f'init_from={str(path)!r} holds no checkpoint; pass a workdir, its '
                       'checkpoints directory or one step directory of a trained run')
   if not jax.tree.leaves(fresh):
     return fresh
   saved = ocp.StandardCheckpointer().restore(step_dir / 'state')[collection]
-  flat_saved = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  flat_saved = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
   pattern = re.compile(reinit) if reinit else None
 
   def pick(key_path, x):
-    key = _path(key_path)
+    key = path_name(key_path)
     if pattern and pattern.search(key):
       return x
     if key not in flat_saved:

@@ -153,6 +153,10 @@ class Objective(abc.ABC):
     """Model FLOPs of one training step (for `mfu` in the logs), where the model can tell."""
     return None
 
+  def write_eval_artifacts(self, state: Any, step: int, workdir: Any, writer: Any) -> None:
+    """Called at every eval point after the metrics: an objective may write more than numbers
+    (a generative model's sample grid, to `workdir` and `writer.write_image`)."""
+
   def throughput(self, steps_per_sec: float) -> dict[str, float]:
     """Objective-specific rates logged beside steps_per_sec (e.g. tokens_per_sec)."""
     return {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
+import os
 import time
 from typing import Any, Callable
 
@@ -86,30 +86,30 @@ def _resolve_model_fields(config: ml_collections.ConfigDict, splits: data.Splits
                         f'{value}; use -1 to take it from the data')
 
 
-def saved_tokenizer(workdir: str | pathlib.Path | None) -> data.Tokenizer | None:
+def saved_tokenizer(workdir: str | os.PathLike | None) -> data.Tokenizer | None:
   """The tokenizer a run in `workdir` was trained with, if it has one."""
-  path = pathlib.Path(workdir) / 'tokenizer.json' if workdir else None
+  path = checkpoint.resolve_path(workdir) / 'tokenizer.json' if workdir else None
   return tokenizer_lib.from_json(path.read_text(encoding='utf-8')) if path and path.exists() \
       else None
 
 
 def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | None = None,
-                     workdir: str | pathlib.Path | None = None) -> Experiment:
+                     workdir: str | os.PathLike | None = None) -> Experiment:
   """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`.
 
   A text dataset is tokenized with the tokenizer saved in `workdir` if the run has one.
   """
   mesh = sharding.make_mesh(config.mesh, devices)
   splits = data.load(config.dataset, saved_tokenizer(workdir))
-  config = config_lib.finalize(config, len(splits.train), mesh.shape['data'],
+  config = config_lib.finalize(config, len(splits.train), sharding.batch_shards(mesh),
                                mesh.devices.flat[0].platform)
   _resolve_model_fields(config, splits)
   objective = make_objective(config, models.build(config.model, jnp.dtype(config.dtype)), splits)
 
-  # State: replicated on the mesh; shapes from eval_shape, so nothing is allocated twice.
+  # State: laid out on the mesh by the rules of sharding.py (replicated on a data-only mesh);
+  # shapes from eval_shape, so nothing is allocated twice.
   replicated = sharding.replicated(mesh)
-  init = jax.jit(objective.init_state, out_shardings=replicated)
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed),
+  shapes = jax.eval_shape(objective.init_state, jax.random.PRNGKey(config.seed),
                           _example_batch(splits, config.batch_size, mesh))
   if 'batch_stats' in shapes.model_state and config.microbatch_size and \
       not config.ghost_batch_norm:
@@ -117,7 +117,8 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
         f'model {config.model.name!r} has BatchNorm, and microbatch_size={config.microbatch_size} '
         'would normalise each micro-batch by its own statistics: set ghost_batch_norm=True to '
         'choose that (ghost batch norm), or microbatch_size=0 for whole-batch statistics')
-  state_sharding = jax.tree.map(lambda _: replicated, shapes)
+  state_sharding = sharding.state_sharding(shapes, mesh)
+  init = jax.jit(objective.init_state, out_shardings=state_sharding)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, state_sharding)
 
@@ -143,13 +144,15 @@ def evaluate(exp: Experiment, state: Any,
   for batch in exp.eval_batches():
     sums = eval_step(state, sharding.to_global(batch, exp.mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return exp.objective.summarize_eval({k: float(v) for k, v in jax.device_get(totals).items()})
+  # Scalars as floats; array sums (feature moments of an image-quality metric) as numpy arrays.
+  return exp.objective.summarize_eval({k: float(v) if np.ndim(v) == 0 else np.asarray(v)
+                                       for k, v in jax.device_get(totals).items()})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[Any] | None = None) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
-  workdir = pathlib.Path(workdir)
+  workdir = checkpoint.resolve_path(workdir)
   exp = build_experiment(config, devices, workdir)
   config, mesh, objective = exp.config, exp.mesh, exp.objective
   workdir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           if config.pruning.sparsity:  # What the weights hold, not what the schedule asks.
             eval_metrics['sparsity'] = pruning.sparsity(state.params)
           writer.write(step, eval_metrics)
+          objective.write_eval_artifacts(state, step, workdir, writer)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
           final.update(eval_metrics)
         if do_save:
@@ -257,19 +261,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return final
 
 
-def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The finalized config a run in `workdir` saved (derived fields such as num_classes resolved)."""
-  config_path = pathlib.Path(workdir) / 'config.json'
+  config_path = checkpoint.resolve_path(workdir) / 'config.json'
   if not config_path.is_file():
     raise ConfigError(f'{workdir} holds no trained run (no config.json); pass the --workdir of a '
                       'run of dl10_jax.main')
   return ml_collections.ConfigDict(json.loads(config_path.read_text()))
 
 
-def restore_run(workdir: str | pathlib.Path,
+def restore_run(workdir: str | os.PathLike,
                 devices: list[Any] | None = None) -> tuple[Experiment, TrainState]:
   """The experiment of the run in `workdir` (its saved config and tokenizer) and its newest state."""
-  workdir = pathlib.Path(workdir)
+  workdir = checkpoint.resolve_path(workdir)
   config = run_config(workdir)
   config.progress_bar = False
   exp = build_experiment(config, devices, workdir)

@@ -1,40 +1,63 @@
 """Where metrics go: `WORKDIR/metrics.jsonl` (one JSON object per event) and TensorBoard files.
 
-tensorboardX writes event files without TensorFlow. Only process 0 writes.
+tensorboardX writes event files without TensorFlow, also to gs:// (with google-cloud-storage).
+Only process 0 writes.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import numpy as np
 import tensorboardX
 
+from dl10_jax.train.checkpoint import resolve_path
+
 
 class MetricWriter:
-  """Appends each event to metrics.jsonl (flushed at once: a killed run keeps its log) and TB."""
+  """Appends each event to metrics.jsonl (flushed at once: a killed run keeps its log) and TB.
 
-  def __init__(self, workdir: str | pathlib.Path):
+  Object stores (gs://) cannot append: there the whole log is rewritten at each event (it is
+  small, and events come only at log and eval points).
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
     self._enabled = jax.process_index() == 0
     if self._enabled:
-      workdir = pathlib.Path(workdir)
+      workdir = resolve_path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
+      self._path = workdir / 'metrics.jsonl'
+      self._remote = '://' in str(workdir)
+      if self._remote:
+        self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
+      else:
+        self._jsonl = open(self._path, 'a', encoding='utf-8')
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._enabled:
       return
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': int(step), **values}) + '\n'
+    if self._remote:
+      self._lines.append(line)
+      self._path.write_text(''.join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, v, int(step))
 
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    """A [H, W, C] image in [0, 1] (a sample grid) to TensorBoard."""
+    if self._enabled:
+      self._tb.add_image(name, np.asarray(image), int(step), dataformats='HWC')
+
   def close(self) -> None:
     if self._enabled:
-      self._jsonl.close()
+      if not self._remote:
+        self._jsonl.close()
       self._tb.close()
