@@ -10,7 +10,7 @@ STAMP := .setup-done
 # for the offline Fashion-MNIST data and installs its Debian package where apt is available.
 setup: $(STAMP)
 	@bash scripts/setup_data.sh
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-sweep.txt
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	@touch $(STAMP)
 

@@ -24,8 +24,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     '"smoke" to get_config). Override any field with --config.field=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and '
                                'TensorBoard files; rerunning in the same directory resumes.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first: '
-                                 'one process per host on multi-host systems (Cloud TPU pods).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() first, one process per host: on '
+    'Cloud TPU pods, SLURM and Kubernetes it finds the other processes by itself. Implied by '
+    '--coordinator_address and by a multi-task SLURM step or JAX_COORDINATOR_ADDRESS.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for '
+                                   'clusters jax cannot detect (with --num_processes, --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 .. num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -89,15 +95,41 @@ def parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
+def _distributed_requested() -> bool:
+  """The flags, or an environment that runs one process per host and expects them to meet."""
+  env = os.environ
+  return (_DISTRIBUTED.value or _COORDINATOR.value is not None or
+          'JAX_COORDINATOR_ADDRESS' in env or int(env.get('SLURM_NTASKS', '1')) > 1)
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize(), before anything asks JAX for its devices."""
+  import jax
+  explicit = {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
+              'process_id': _PROCESS_ID.value}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if given and len(given) < 3:
+    missing = ', '.join(f'--{k}' for k in explicit if k not in given)
+    _fail(f'--coordinator_address, --num_processes and --process_id go together; missing {missing}')
+  if given and not 0 <= given['process_id'] < given['num_processes']:
+    _fail(f'--process_id={given["process_id"]} must be in [0, --num_processes='
+          f'{given["num_processes"]})')
+  # Collectives between CPU processes (tests, CPU clusters) need an implementation; TPU and GPU
+  # processes ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**given)
+  logging.warning('process %d of %d, %d local of %d devices', jax.process_index(),
+                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; every setting is a --config.field=value override')
   if not flags.FLAGS['verbosity'].present:  # orbax and XLA log every save at INFO.
     logging.set_verbosity(logging.WARNING)
-  import jax  # Heavy imports after flag parsing.
-  from dl10_jax.train.trainer import train_and_evaluate
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
+  if _distributed_requested():
+    _initialize_distributed()
   try:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
