@@ -1,5 +1,7 @@
 """Config validation: derived step counts, and bad values failing with a message naming them."""
 
+import importlib.util
+
 import jax
 import ml_collections
 import pytest
@@ -8,6 +10,7 @@ from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import sharding
 from configs import cnn
+from conftest import ROOT
 
 
 def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
@@ -44,3 +47,12 @@ def test_mesh_uses_every_device_by_default():
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'tensor': 2}))
   assert dict(mesh.shape) == {'data': 4, 'fsdp': 1, 'tensor': 2}
   # (More mesh errors in tests/test_sharding.py.)
+
+
+@pytest.mark.parametrize('path', sorted(p.name for p in (ROOT / 'configs').glob('[!_]*.py')))
+def test_every_config_has_the_three_mesh_axes(path):
+  """So that --config.mesh.fsdp=4 or .tensor=2 works on any config."""
+  spec = importlib.util.spec_from_file_location('config_under_test', ROOT / 'configs' / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert dict(module.get_config().mesh) == {'data': -1, 'fsdp': 1, 'tensor': 1}
