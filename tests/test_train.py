@@ -163,3 +163,15 @@ def test_microbatched_eval_equals_the_whole_batch_eval(cnn_smoke_config):
   assert sums[8]['count'] == sums[0]['count'] == 128
   assert sums[8]['correct'] == sums[0]['correct']
   assert sums[8]['loss'] == pytest.approx(sums[0]['loss'], rel=1e-5)
+
+
+@pytest.mark.parametrize('append', [True, False])  # False: how object stores (gs://) are written.
+def test_metric_log_survives_a_new_writer(tmp_path, append):
+  from dl10_jax.train.writer import MetricWriter
+  for step in (1, 2):  # A resumed run opens a new writer on the same log.
+    writer = MetricWriter(tmp_path, append=append)
+    writer.write(step, {'train_loss': np.float32(1.0 / step)})
+    if not append:  # Rewritten at each event: complete without a close.
+      assert len(read_metrics(tmp_path)) == step
+    writer.close()
+  assert read_metrics(tmp_path) == [{'step': 1, 'train_loss': 1.0}, {'step': 2, 'train_loss': 0.5}]

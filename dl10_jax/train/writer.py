@@ -24,14 +24,15 @@ class MetricWriter:
   small, and events come only at log and eval points).
   """
 
-  def __init__(self, workdir: str | os.PathLike):
+  def __init__(self, workdir: str | os.PathLike, append: bool | None = None):
+    """`append`: None appends to local files and rewrites remote ones."""
     self._enabled = jax.process_index() == 0
     if self._enabled:
       workdir = resolve_path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
       self._path = workdir / 'metrics.jsonl'
-      self._remote = '://' in str(workdir)
-      if self._remote:
+      self._rewrite = '://' in str(workdir) if append is None else not append
+      if self._rewrite:
         self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
       else:
         self._jsonl = open(self._path, 'a', encoding='utf-8')
@@ -42,7 +43,7 @@ class MetricWriter:
       return
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
     line = json.dumps({'step': int(step), **values}) + '\n'
-    if self._remote:
+    if self._rewrite:
       self._lines.append(line)
       self._path.write_text(''.join(self._lines))
     else:
@@ -58,6 +59,6 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._enabled:
-      if not self._remote:
+      if not self._rewrite:
         self._jsonl.close()
       self._tb.close()
