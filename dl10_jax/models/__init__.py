@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.models import (attention_classifier, cnn, gpt, mobilenet, recurrent, resnet,
-                             transformer)
+from dl10_jax.models import (attention_classifier, cnn, gan, gpt, mobilenet, recurrent, resnet,
+                             transformer, unet)
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
@@ -25,6 +25,8 @@ MODELS: dict[str, type[nn.Module]] = {
     'mobilenet_v1': mobilenet.MobileNetV1,
     'mobilenet_v2': mobilenet.MobileNetV2,
     'shufflenet_v2': mobilenet.ShuffleNetV2,
+    'unet': unet.UNet,
+    'dcgan': gan.DCGAN,
 }
 
 

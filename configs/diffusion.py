@@ -1,0 +1,106 @@
+"""DDPM (Ho et al. 2020) with a small U-Net on Fashion-MNIST (offline default), 28x28 grey.
+
+eps-prediction with the cosine schedule over T = 1000 (Nichol & Dhariwal 2021), Adam with warmup
+and a cosine decay, an EMA of the weights for eval and sampling; DDIM (50 steps, eta 0) samples for
+the quality metric and the grid. Native 28x28 images (28 -> 14 -> 7 in the U-Net, attention at
+7x7). Sized for ~60 minutes on 2 CPU cores (see num_train_steps): 16 base channels, because the
+28x28 level costs most (32 channels made a step 2.7x slower).
+Every eval samples one image per eval example and scores them with classifier_fid: a Fréchet
+distance in the features of this project's Fashion-MNIST classifier, NOT Inception-FID
+(dl10_jax/train/image_quality.py; train that classifier once with
+`python -m dl10_jax.train.image_quality --train`, or set --config.quality_metric=False).
+Sample grids go to WORKDIR/samples/ and TensorBoard.
+
+  python -m dl10_jax.main --config configs/diffusion.py --workdir runs/diffusion
+  python -m dl10_jax.sample --workdir runs/diffusion --num_samples 2000 --out grid.png \
+      --sampler ddim --steps 50 --eta 0 --quality
+  python -m dl10_jax.main --config configs/diffusion.py:mnist --workdir runs/diffusion_mnist
+  python -m dl10_jax.main --config configs/diffusion.py:cifar10 --workdir runs/diffusion_cifar
+  python -m dl10_jax.main --config configs/diffusion.py:smoke --workdir /tmp/diffusion_smoke
+
+Variants (comma-separated): smoke (seconds), mnist (IDX or TFDS), cifar10 (TFDS, 32x32x3).
+"""
+
+import ml_collections
+
+from dl10_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, ('smoke', 'mnist', 'cifar10'))
+  config = config_lib.base_config()
+  config.objective = 'diffusion'
+  config.model = ml_collections.ConfigDict({
+      'name': 'unet',
+      'channels': 16,
+      'channel_mults': (1, 2, 4),  # 28x28 (16 ch), 14x14 (32), 7x7 (64): 0.65 M parameters.
+      'num_res_blocks': 1,
+      'attention_resolutions': (7,),  # Self-attention at 7x7 (49 positions), and in the middle.
+      'head_channels': 32,
+      'num_groups': 8,
+      'dropout': 0.0,  # Ho et al.: 0.1 on CIFAR-10; a 1-hour run does not overfit.
+      'attention_impl': 'xla',
+      'conv_impl': 'auto',
+  })
+  config.diffusion = ml_collections.ConfigDict({
+      'num_timesteps': 1000,
+      'schedule': 'cosine',  # linear (Ho et al.) | cosine (Nichol & Dhariwal)
+      'prediction': 'eps',  # eps | v
+      'ema_decay': 0.999,  # With the ramp min(decay, (1 + t) / (10 + t)).
+      'eval_sampler': 'ddim',  # ddim | ddpm (all T steps: 20x slower)
+      'eval_steps': 50,
+      'eval_eta': 0.0,
+  })
+  # classifier_fid / classifier_confidence / class_histogram_ratio at every eval (28x28 grey
+  # images only); '' reads the classifier from $DL10_CACHE_DIR or ~/.cache/dl10_jax.
+  config.quality_metric = True
+  config.quality_classifier_dir = ''
+
+  config.dataset.name = 'fashion_mnist'
+  # 1,000 eval images, and as many 50-step DDIM samples at every eval.
+  config.dataset.num_eval_examples = 1000
+  config.batch_size = 64
+  config.eval_batch_size = 500
+  # Whole batches: the U-Net has no batch statistics, so micro-batches would give the same update,
+  # but XLA's CPU convolutions inside their scan run ~10x slower (measured with 32 channels:
+  # 55 s vs 5 s a step).
+  config.microbatch_size = 0
+  # Measured on 2 CPU cores with another training run on one of them: 0.9-1.0 s a step (batch 64,
+  # 0.65 M parameters) and 4 ms per image per DDIM step, so 3,300 steps (~3.5 epochs) take ~53
+  # minutes and each eval ~3.5 (1,000 x 50 U-Net passes): ~60 minutes in all, less on idle cores.
+  config.num_train_steps = 3300
+  config.optimizer = 'adam'
+  config.learning_rate = 1e-3
+  config.schedule = 'warmup_cosine'
+  config.warmup_steps = 200
+  config.grad_clip_norm = 1.0  # Ho et al.
+  config.log_every_steps = 100
+  config.eval_every_steps = 1650  # Halfway and at the end.
+  config.checkpoint_every_steps = 500
+
+  if 'mnist' in args:
+    config.dataset.name = 'mnist'
+    config.quality_metric = False  # The classifier knows clothes: on digits its scores mean little.
+  if 'cifar10' in args:
+    config.dataset.name = 'cifar10'
+    # 32 -> 16 -> 8. Sized for an accelerator: on 2 CPU cores a step takes several seconds.
+    config.model.update(channels=64, channel_mults=(1, 2, 2), attention_resolutions=(8,))
+    config.quality_metric = False  # The metric is for 28x28 grey images.
+  if 'smoke' in args:  # A seconds-long run on a slice of the data, used by the tests.
+    # 28 -> 14; attention only in the middle (14x14): at 196 positions it costs as much as the
+    # rest of this tiny network.
+    config.model.update(channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                        head_channels=8, num_groups=4)
+    config.diffusion.update(num_timesteps=100, eval_steps=5)
+    config.quality_metric = False
+    config.dataset.num_train_examples = 256
+    config.dataset.num_eval_examples = 64
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_train_steps = 16
+    config.warmup_steps = 2
+    config.eval_every_steps = 8
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 4
+    config.progress_bar = False
+  return config

@@ -1,0 +1,195 @@
+"""Denoising diffusion (Ho et al. 2020): the noise-prediction MSE, an EMA of the weights, samples.
+
+A training step draws t uniformly from {0..T-1} and noise per image, forms x_t = q_sample(x_0, t,
+noise) and regresses the network's output on eps (Ho et al.'s "simple" loss) or on v (Salimans &
+Ho 2022; `diffusion.prediction`). Images enter at their native size in [-1, 1] (the data gives
+[0, 1]): Fashion-MNIST stays 28x28 (the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10
+32x32. The train state adds `ema_params`, an EMA of the weights updated after every step and
+checkpointed with the rest; the eval loss, every sample and the quality metric use it.
+
+Eval is deterministic: each example's t and noise come from a key hashed from its own pixels (the
+batches carry no index), so the eval loss does not depend on the batch size or device count. With
+`quality_metric`, each eval batch is also sampled with DDIM (`diffusion.eval_sampler`, `eval_steps`,
+`eval_eta`), one image per real one, and both are scored with classifier_fid
+(train/image_quality.py: this project's Fashion-MNIST classifier, NOT Inception-FID).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dl10_jax.data import image_grid
+from dl10_jax.errors import ConfigError, check_choice
+from dl10_jax.models import diffusion
+from dl10_jax.train import image_quality
+from dl10_jax.train.adversarial import ema_update
+from dl10_jax.train.objective import NOT_STATE, Batch, Metrics, Objective
+from dl10_jax.train.state import TrainState
+
+SAMPLERS = ('ddpm', 'ddim')
+GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise.
+
+
+@flax.struct.dataclass
+class DiffusionState(TrainState):
+  """TrainState + the EMA of `params`: what eval and sampling use."""
+  ema_params: Any = None
+
+
+def _pixel_hashes(images: jax.Array) -> jax.Array:
+  """uint32 [B]: a hash of each image's 8-bit pixels (uint32 arithmetic wraps)."""
+  pixels = jnp.round(images * 255).astype(jnp.uint32).reshape(images.shape[0], -1)  # [B, HWC]
+  weights = jnp.arange(1, pixels.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  return (pixels * weights[None, :]).sum(axis=1)
+
+
+class Diffusion(Objective):
+  """Batches are {'image': float[B, H, W, C] in [0, 1], ...}; the model is models.unet.UNet."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: Any, splits: Any = None):
+    d = config.diffusion
+    check_choice('diffusion.prediction', d.prediction, diffusion.PREDICTIONS)
+    check_choice('diffusion.eval_sampler', d.eval_sampler, SAMPLERS)
+    if not 0 <= d.ema_decay < 1:
+      raise ConfigError(f'diffusion.ema_decay={d.ema_decay} must be in [0, 1)')
+    self.schedule = diffusion.make_schedule(d.schedule, d.num_timesteps)
+    diffusion.ddim_timesteps(d.num_timesteps, d.eval_steps)  # Checks eval_steps now.
+    super().__init__(config, model, splits)
+    # Fails here, before any training, if the metric is on and its classifier is not trained.
+    self.classifier = image_quality.load_feature_classifier(
+        config.get('quality_classifier_dir') or None) if config.quality_metric else None
+    self._sample = jax.jit(self._sample_fn,
+                           static_argnames=('shape', 'sampler', 'steps', 'variance'))
+
+  def model_inputs(self, batch: Batch) -> jax.Array:
+    return batch['image'] * 2 - 1  # [B, H, W, C]: the data's [0, 1] -> [-1, 1].
+
+  def init_state(self, rng: jax.Array, batch: Batch) -> DiffusionState:
+    init_rng, state_rng = jax.random.split(rng)
+    x = self.model_inputs(batch)
+    if self.classifier is not None:
+      image_quality.prepare(x)  # classifier_fid needs 28x28 grey images: fail now.
+    variables = dict(self.model.init(init_rng, x, jnp.zeros(x.shape[:1], jnp.int32), train=False))
+    params = variables.pop('params')
+    model_state = {k: v for k, v in variables.items() if k not in NOT_STATE}
+    return DiffusionState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), model_state=model_state,
+                          rng=state_rng, apply_fn=self.model.apply, tx=self.tx,
+                          ema_params=jax.tree.map(jnp.copy, params))
+
+  # --- Training. ---
+
+  def _noised(self, x0: jax.Array, t: jax.Array,
+              noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x_t, the network's regression target) for x0, t [B], noise."""
+    prediction = self.config.diffusion.prediction
+    return (diffusion.q_sample(self.schedule, x0, t, noise),
+            diffusion.target(self.schedule, x0, t, noise, prediction))
+
+  def loss(self, params: Any, state: DiffusionState, batch: Batch,
+           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    x0 = self.model_inputs(batch)  # [B, H, W, C]
+    t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+    t = jax.random.randint(t_rng, x0.shape[:1], 0, self.schedule.num_timesteps)  # [B]
+    x_t, target = self._noised(x0, t, jax.random.normal(noise_rng, x0.shape))
+    out = state.apply_fn({'params': params, **state.model_state}, x_t, t, train=True,
+                         rngs={'dropout': dropout_rng})
+    loss = jnp.mean(jnp.square(out - target))
+    return loss, ({'train_loss': loss}, state.model_state)
+
+  def train_step(self, state: DiffusionState, batch: Batch) -> tuple[DiffusionState, Metrics]:
+    """The shared update (micro-batches and all), then the EMA of the new weights."""
+    new_state, metrics = super().train_step(state, batch)
+    ema = ema_update(state.ema_params, new_state.params, self.config.diffusion.ema_decay,
+                     state.step)
+    return new_state.replace(ema_params=ema), metrics
+
+  # --- Sampling. ---
+
+  def _sample_fn(self, params: Any, model_state: Any, rng: jax.Array, eta: jax.Array, *,
+                 shape: tuple[int, ...], sampler: str, steps: int, variance: str) -> jax.Array:
+    variables = {'params': params, **model_state}
+    denoise = functools.partial(self.model.apply, variables, train=False)
+    prediction = self.config.diffusion.prediction
+    if sampler == 'ddpm':
+      return diffusion.ddpm_sample(denoise, self.schedule, shape, rng, prediction=prediction,
+                                   variance=variance)
+    return diffusion.ddim_sample(denoise, self.schedule, shape, rng, steps=steps, eta=eta,
+                                 prediction=prediction)
+
+  def image_shape(self) -> tuple[int, ...]:
+    """[H, W, C] of the data's images (what `generate` makes)."""
+    if self.splits is None:
+      raise ConfigError('the diffusion objective needs its data splits to know the image shape')
+    return tuple(np.shape(self.splits.eval[0]['image']))
+
+  def generate(self, state: DiffusionState, rng: jax.Array, num_samples: int,
+               sampler: str = 'ddim', steps: int = 50, eta: float = 0.0,
+               variance: str = 'posterior') -> jax.Array:
+    """float32 [num_samples, H, W, C] in [-1, 1] from the EMA weights.
+
+    sampler: ddim (`steps` of the T, noise scale `eta`) or ddpm (ancestral over all T steps,
+    `variance` posterior | beta; `steps` and `eta` do not apply).
+    """
+    check_choice('sampler', sampler, SAMPLERS)
+    check_choice('variance', variance, diffusion.VARIANCES)
+    if sampler == 'ddim':
+      diffusion.ddim_timesteps(self.schedule.num_timesteps, steps)  # The one-line range check.
+      if eta < 0:
+        raise ConfigError(f'eta={eta} must be >= 0')
+    else:
+      steps, eta = self.schedule.num_timesteps, 0.0  # One compilation whatever was passed.
+    return self._sample(state.ema_params, state.model_state, rng, jnp.float32(eta),
+                        shape=(num_samples,) + self.image_shape(), sampler=sampler, steps=steps,
+                        variance=variance)
+
+  # --- Eval. ---
+
+  def eval_step(self, state: DiffusionState, batch: Batch) -> Metrics:
+    """Sums over unmasked rows of the EMA model's loss at seeded (t, noise); with the quality
+    metric, the feature moments of the real images and of as many DDIM samples."""
+    x0 = self.model_inputs(batch)  # [B, H, W, C]
+    mask = batch['mask']  # [B]
+    hashes = _pixel_hashes(batch['image'])
+    base = jax.random.PRNGKey(self.config.seed)
+    keys = jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)  # [B] keys, one per image.
+    t = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.schedule.num_timesteps))(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
+    x_t, target = self._noised(x0, t, noise)
+    out = state.apply_fn({'params': state.ema_params, **state.model_state}, x_t, t, train=False)
+    per_example = jnp.mean(jnp.square(out - target), axis=(1, 2, 3))  # [B]
+    sums = {'loss': (per_example * mask).sum(), 'count': mask.sum()}
+    if self.classifier is not None:
+      d = self.config.diffusion
+      rng = jax.random.fold_in(base, (hashes * mask.astype(jnp.uint32)).sum())
+      fake = self._sample_fn(state.ema_params, state.model_state, rng, jnp.float32(d.eval_eta),
+                             shape=x0.shape, sampler=d.eval_sampler, steps=d.eval_steps,
+                             variance='posterior')
+      for prefix, images in (('real_', x0), ('fake_', fake)):
+        quality = image_quality.moment_sums(*self.classifier.features_and_logits(images), mask)
+        sums.update({prefix + k: v for k, v in quality.items()})
+    return sums
+
+  def summarize_eval(self, sums: dict[str, Any]) -> dict[str, float]:
+    metrics = {'eval_loss': sums['loss'] / sums['count']}
+    if self.classifier is not None:
+      real, fake = ({k[len(p):]: v for k, v in sums.items() if k.startswith(p)}
+                    for p in ('real_', 'fake_'))
+      metrics.update({f'eval_{k}': v for k, v in image_quality.summarize(real, fake).items()})
+    return metrics
+
+  def write_eval_artifacts(self, state: DiffusionState, step: int, workdir: Any,
+                           writer: Any) -> None:
+    """An 8x8 grid of EMA samples (the eval sampler), from the same noise at every eval point."""
+    d = self.config.diffusion
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
+    images = self.generate(state, rng, GRID_SAMPLES, sampler=d.eval_sampler, steps=d.eval_steps,
+                           eta=d.eval_eta)
+    image_grid.write_eval_grid(np.asarray(jax.device_get(images)), step, workdir, writer)
