@@ -20,6 +20,7 @@ from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import gan
 from dl10_jax.train import adversarial
+from dl10_jax.train.state import ema_update
 from dl10_jax.train.trainer import build_experiment
 from test_image_quality import classifier_dir  # noqa: F401  (a session fixture)
 
@@ -74,9 +75,9 @@ def test_losses_come_from_logits_and_stay_finite_when_d_is_sure():
 
 def test_ema_update_formula():
   ema, params = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
-  late = adversarial.ema_update(ema, params, 0.9, jnp.asarray(1000))
+  late = ema_update(ema, params, 0.9, jnp.asarray(1000))
   np.testing.assert_allclose(late['w'], 0.1, rtol=1e-6)  # (1 - decay) of the new weights.
-  early = adversarial.ema_update(ema, params, 0.999, jnp.asarray(0))
+  early = ema_update(ema, params, 0.999, jnp.asarray(0))
   np.testing.assert_allclose(early['w'], 0.9, rtol=1e-6)  # d = min(0.999, 1 / 10).
 
 

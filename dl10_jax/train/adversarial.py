@@ -28,6 +28,7 @@ from dl10_jax.data import image_grid
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import image_quality, optim
 from dl10_jax.train.objective import Batch, Metrics, Objective
+from dl10_jax.train.state import ema_update
 
 NETS = ('generator', 'discriminator')
 GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise.
@@ -57,13 +58,6 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
 def generator_loss(fake_logits: jax.Array) -> jax.Array:
   """Non-saturating -log D(G(z)): strong gradients exactly when D rejects the samples."""
   return optax.sigmoid_binary_cross_entropy(fake_logits, jnp.ones_like(fake_logits)).mean()
-
-
-def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
-  """ema <- d * ema + (1 - d) * params, d = min(decay, (1 + step) / (10 + step)): the ramp lets
-  the average forget the random initialisation within the first few hundred steps."""
-  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
 
 
 def _split(collections: dict[str, Any]) -> dict[str, Any]:
@@ -222,13 +216,10 @@ class Adversarial(Objective):
 
   def _eval_rng(self, batch: Batch) -> jax.Array:
     """A key per eval batch, the same at every eval: the batches carry no index, so it hashes
-    their pixels (uint32 arithmetic wraps; any collision would only repeat some noise)."""
-    pixels = jnp.round(batch['image'] * 255).astype(jnp.uint32)
-    pixels = pixels.reshape(pixels.shape[0], -1)  # [B, H * W * C]
-    weights = jnp.arange(1, pixels.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
-    rows = (pixels * weights[None, :]).sum(axis=1)  # [B]
-    position = jnp.arange(1, pixels.shape[0] + 1, dtype=jnp.uint32)
-    return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), (rows * position).sum())
+    their pixels (any collision would only repeat some noise)."""
+    hashes = image_quality.pixel_hashes(batch['image'])  # [B]
+    position = jnp.arange(1, hashes.shape[0] + 1, dtype=jnp.uint32)
+    return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), (hashes * position).sum())
 
   def eval_step(self, state: GANState, batch: Batch) -> Metrics:
     """As many EMA samples as real images; D's view of both, and their feature moments."""

@@ -29,9 +29,8 @@ from dl10_jax.data import image_grid
 from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models import diffusion
 from dl10_jax.train import image_quality
-from dl10_jax.train.adversarial import ema_update
 from dl10_jax.train.objective import NOT_STATE, Batch, Metrics, Objective
-from dl10_jax.train.state import TrainState
+from dl10_jax.train.state import TrainState, ema_update
 
 SAMPLERS = ('ddpm', 'ddim')
 GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise.
@@ -41,13 +40,6 @@ GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise
 class DiffusionState(TrainState):
   """TrainState + the EMA of `params`: what eval and sampling use."""
   ema_params: Any = None
-
-
-def _pixel_hashes(images: jax.Array) -> jax.Array:
-  """uint32 [B]: a hash of each image's 8-bit pixels (uint32 arithmetic wraps)."""
-  pixels = jnp.round(images * 255).astype(jnp.uint32).reshape(images.shape[0], -1)  # [B, HWC]
-  weights = jnp.arange(1, pixels.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
-  return (pixels * weights[None, :]).sum(axis=1)
 
 
 class Diffusion(Objective):
@@ -157,7 +149,7 @@ class Diffusion(Objective):
     metric, the feature moments of the real images and of as many DDIM samples."""
     x0 = self.model_inputs(batch)  # [B, H, W, C]
     mask = batch['mask']  # [B]
-    hashes = _pixel_hashes(batch['image'])
+    hashes = image_quality.pixel_hashes(batch['image'])
     base = jax.random.PRNGKey(self.config.seed)
     keys = jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)  # [B] keys, one per image.
     t = jax.vmap(lambda k: jax.random.randint(k, (), 0, self.schedule.num_timesteps))(keys)

@@ -45,6 +45,14 @@ TRAIN_COMMAND = 'python -m dl10_jax.train.image_quality --train'
 NUM_CLASSES = 10
 
 
+def pixel_hashes(images: jax.Array) -> jax.Array:
+  """uint32 [B]: a hash of each image's 8-bit pixels (uint32 arithmetic wraps): a seed for the
+  noise of an image objective's eval that depends on the image, not on the batch it came in."""
+  pixels = jnp.round(images * 255).astype(jnp.uint32).reshape(images.shape[0], -1)  # [B, HWC]
+  weights = jnp.arange(1, pixels.shape[1] + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  return (pixels * weights[None, :]).sum(axis=1)
+
+
 def default_cache_dir() -> pathlib.Path:
   """Where the classifier lives: versioned, beside the project's other caches (the data dir may
   be read-only, as Debian's is)."""

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -26,3 +27,10 @@ class TrainState:
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state, model_state=model_state)
+
+
+def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
+  """ema <- d * ema + (1 - d) * params, d = min(decay, (1 + step) / (10 + step)): the ramp lets
+  the average forget the random initialisation within the first few hundred steps."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
