@@ -230,3 +230,15 @@ def test_cifar10_by_tfds_name_trains_and_a_wrong_image_size_is_one_line():
     with pytest.raises(ConfigError, match=r'model.image_size=28, model.channels=1 make 28x28x1 '
                        'images but the data has 32x32x3'):
       build_experiment(config, jax.devices()[:1])
+
+
+def test_init_from_starts_the_ema_from_the_loaded_generator():
+  exp = build_experiment(_smoke(), jax.devices()[:1])
+  fresh = exp.init(jax.random.PRNGKey(0), exp.example_batch())
+  other = exp.init(jax.random.PRNGKey(1), exp.example_batch())  # Stands in for a trained run.
+  state = exp.objective.load_pretrained(fresh, other.params, other.model_state)
+  for loaded, ema in zip(jax.tree.leaves(other.params['generator']),
+                         jax.tree.leaves(state.ema_params)):
+    np.testing.assert_array_equal(ema, loaded)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh.ema_params),
+                                                      jax.tree.leaves(other.params['generator'])))

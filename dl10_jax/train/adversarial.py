@@ -123,6 +123,11 @@ class Adversarial(Objective):
                     model_state=_split(variables),
                     ema_params=jax.tree.map(jnp.copy, params['generator']), rng=state_rng)
 
+  def load_pretrained(self, state: GANState, params: Any, model_state: Any) -> GANState:
+    """Another run's networks; the EMA starts from the loaded generator, not the fresh one."""
+    return state.replace(params=params, model_state=model_state,
+                         ema_params=jax.tree.map(jnp.copy, params['generator']))
+
   # --- The networks in one place: (output, the network's updated model state). ---
 
   def _apply(self, net: str, params: Any, model_state: Any, x: jax.Array,

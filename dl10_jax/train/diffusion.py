@@ -76,6 +76,12 @@ class Diffusion(Objective):
                           rng=state_rng, apply_fn=self.model.apply, tx=self.tx,
                           ema_params=jax.tree.map(jnp.copy, params))
 
+  def load_pretrained(self, state: DiffusionState, params: Any,
+                      model_state: Any) -> DiffusionState:
+    """Another run's weights; the EMA starts from them, not from the fresh initialisation."""
+    return state.replace(params=params, model_state=model_state,
+                         ema_params=jax.tree.map(jnp.copy, params))
+
   # --- Training. ---
 
   def _noised(self, x0: jax.Array, t: jax.Array,

@@ -153,6 +153,11 @@ class Objective(abc.ABC):
     """Model FLOPs of one training step (for `mfu` in the logs), where the model can tell."""
     return None
 
+  def load_pretrained(self, state: Any, params: Any, model_state: Any) -> Any:
+    """A fresh state holding another run's weights (init_from). An objective that keeps a copy
+    of the weights (an EMA) overrides this to start the copy from them too."""
+    return state.replace(params=params, model_state=model_state)
+
   def write_eval_artifacts(self, state: Any, step: int, workdir: Any, writer: Any) -> None:
     """Called at every eval point after the metrics: an objective may write more than numbers
     (a generative model's sample grid, to `workdir` and `writer.write_image`)."""

@@ -172,10 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if start_step is None:
     state, start_step = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch()), 0
     if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
-      state = state.replace(
-          params=checkpoint.load_params(config.init_from, state.params, config.init_reinit),
-          model_state=checkpoint.load_params(config.init_from, state.model_state,
-                                             config.init_reinit, 'model_state'))
+      state = objective.load_pretrained(
+          state, checkpoint.load_params(config.init_from, state.params, config.init_reinit),
+          checkpoint.load_params(config.init_from, state.model_state, config.init_reinit,
+                                 'model_state'))
   else:
     mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
     if mismatch:
