@@ -111,6 +111,35 @@ def test_eps_x0_v_conversions_round_trip(name, prediction):
     np.testing.assert_allclose(output, jnp.sqrt(ab) * noise - jnp.sqrt(1 - ab) * x0, atol=1e-6)
 
 
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
+  """Weighted output error == min(SNR, gamma) x the x_0 error the same output error makes."""
+  s = diffusion.make_schedule('cosine', 1000)
+  k0, k1, k2 = jax.random.split(jax.random.PRNGKey(0), 3)
+  x0 = jax.random.uniform(k0, (50, 4, 4, 1), minval=-1, maxval=1)
+  noise = jax.random.normal(k1, x0.shape)
+  t = jnp.arange(0, 1000, 20)  # [50]: SNR from ~4e4 down to ~1e-3, both sides of gamma.
+  x_t = diffusion.q_sample(s, x0, t, noise)
+  right = diffusion.target(s, x0, t, noise, prediction)
+  wrong = right + 0.1 * jax.random.normal(k2, x0.shape)
+  output_error = jnp.mean(jnp.square(wrong - right), axis=(1, 2, 3))
+  x0_error = jnp.mean(jnp.square(diffusion.to_x0_eps(s, x_t, t, wrong, prediction)[0] - x0),
+                      axis=(1, 2, 3))
+  ab = s.alphas_cumprod[t]
+  weight = diffusion.loss_weight(s, t, prediction, 'min_snr', gamma=5.0)
+  np.testing.assert_allclose(weight * output_error, jnp.minimum(ab / (1 - ab), 5.0) * x0_error,
+                             rtol=2e-3)
+  assert weight.min() < 1e-3 and weight.max() <= 1  # The clean end is down-weighted.
+  np.testing.assert_array_equal(diffusion.loss_weight(s, t, prediction, 'uniform'), 1.0)
+
+
+def test_bad_loss_weighting_is_one_line():
+  config = diffusion_config.get_config('smoke')
+  config.diffusion.loss_weighting = 'snr'
+  with pytest.raises(ConfigError, match=r"diffusion.loss_weighting='snr'.*min_snr"):
+    build_experiment(config, jax.devices()[:1])
+
+
 # --- Samplers, with the exact denoiser of Gaussian data x0 ~ N(MU, SIGMA^2). ---
 
 MU, SIGMA = 0.3, 0.5

@@ -33,6 +33,7 @@ from dl10_jax.errors import ConfigError, check_choice
 SCHEDULES = ('linear', 'cosine')
 PREDICTIONS = ('eps', 'v')
 VARIANCES = ('posterior', 'beta')
+LOSS_WEIGHTINGS = ('uniform', 'min_snr')
 
 # (x_t [B, ...], t int32 [B]) -> the network's output (eps or v), shaped like x_t.
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -104,6 +105,26 @@ def target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array,
     return noise
   ab = _at(schedule.alphas_cumprod, t, x0.ndim)
   return jnp.sqrt(ab) * noise - jnp.sqrt(1 - ab) * x0
+
+
+def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, weighting: str,
+                gamma: float = 5.0) -> jax.Array:
+  """Per-example weights [B] of the regression loss at timesteps t [B].
+
+  uniform: Ho et al.'s "simple" loss (weight 1). min_snr: Hang et al. 2023 ("Min-SNR-gamma"), the
+  x_0-error weight min(SNR_t, gamma) written for the network's output: the eps error is
+  SNR times the x_0 error, so its weight is min(SNR, gamma) / SNR; the v error is (SNR + 1)
+  times it: min(SNR, gamma) / (SNR + 1). SNR_t = ab_t / (1 - ab_t). It stops the nearly clean
+  timesteps (huge SNR), whose gradients conflict with the rest, from dominating: the paper
+  reports ~3x faster convergence.
+  """
+  if weighting == 'uniform':
+    return jnp.ones(t.shape, jnp.float32)
+  ab = schedule.alphas_cumprod[t]
+  snr = ab / (1 - ab)
+  if prediction == 'eps':
+    return jnp.minimum(1.0, gamma / snr)  # min(SNR, gamma) / SNR; 1 where SNR is 0.
+  return jnp.minimum(snr, gamma) / (snr + 1)
 
 
 def to_x0_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, output: jax.Array,

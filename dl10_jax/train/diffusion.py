@@ -2,7 +2,8 @@
 
 A training step draws t uniformly from {0..T-1} and noise per image, forms x_t = q_sample(x_0, t,
 noise) and regresses the network's output on eps (Ho et al.'s "simple" loss) or on v (Salimans &
-Ho 2022; `diffusion.prediction`). Images enter at their native size in [-1, 1] (the data gives
+Ho 2022; `diffusion.prediction`), optionally weighted per timestep by Min-SNR-gamma
+(`diffusion.loss_weighting`; the eval loss stays unweighted, so runs with either compare). Images enter at their native size in [-1, 1] (the data gives
 [0, 1]): Fashion-MNIST stays 28x28 (the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10
 32x32. The train state adds `ema_params`, an EMA of the weights updated after every step and
 checkpointed with the rest; the eval loss, every sample and the quality metric use it.
@@ -49,6 +50,9 @@ class Diffusion(Objective):
     d = config.diffusion
     check_choice('diffusion.prediction', d.prediction, diffusion.PREDICTIONS)
     check_choice('diffusion.eval_sampler', d.eval_sampler, SAMPLERS)
+    check_choice('diffusion.loss_weighting', d.loss_weighting, diffusion.LOSS_WEIGHTINGS)
+    if not d.min_snr_gamma > 0:
+      raise ConfigError(f'diffusion.min_snr_gamma={d.min_snr_gamma} must be > 0')
     if not 0 <= d.ema_decay < 1:
       raise ConfigError(f'diffusion.ema_decay={d.ema_decay} must be in [0, 1)')
     self.schedule = diffusion.make_schedule(d.schedule, d.num_timesteps)
@@ -99,7 +103,10 @@ class Diffusion(Objective):
     x_t, target = self._noised(x0, t, jax.random.normal(noise_rng, x0.shape))
     out = state.apply_fn({'params': params, **state.model_state}, x_t, t, train=True,
                          rngs={'dropout': dropout_rng})
-    loss = jnp.mean(jnp.square(out - target))
+    d = self.config.diffusion
+    weight = diffusion.loss_weight(self.schedule, t, d.prediction, d.loss_weighting,
+                                   d.min_snr_gamma)  # [B]
+    loss = jnp.mean(weight * jnp.mean(jnp.square(out - target), axis=(1, 2, 3)))
     return loss, ({'train_loss': loss}, state.model_state)
 
   def train_step(self, state: DiffusionState, batch: Batch) -> tuple[DiffusionState, Metrics]:
