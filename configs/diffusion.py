@@ -1,10 +1,11 @@
 """DDPM (Ho et al. 2020) with a small U-Net on Fashion-MNIST (offline default), 28x28 grey.
 
-eps-prediction with the cosine schedule over T = 1000 (Nichol & Dhariwal 2021), Adam with warmup
-and a cosine decay, an EMA of the weights for eval and sampling; DDIM (50 steps, eta 0) samples for
-the quality metric and the grid. Native 28x28 images (28 -> 14 -> 7 in the U-Net, attention at
-7x7). Sized for ~60 minutes on 2 CPU cores (see num_train_steps): 16 base channels, because the
-28x28 level costs most (32 channels made a step 2.7x slower).
+eps-prediction with the cosine schedule over T = 1000 (Nichol & Dhariwal 2021), Min-SNR-5 loss
+weighting (Hang et al. 2023), Adam with warmup and a cosine decay, an EMA of the weights for eval
+and sampling; DDIM (50 steps, eta 0) samples for the quality metric and the grid. Native 28x28
+images (28 -> 14 -> 7 in the U-Net, attention at 7x7). Sized for ~60 minutes on 2 CPU cores (see
+num_train_steps): 16 base channels, because the 28x28 level costs most (32 channels made a step
+2.7x slower).
 Every eval samples one image per eval example and scores them with classifier_fid: a Fréchet
 distance in the features of this project's Fashion-MNIST classifier, NOT Inception-FID
 (dl10_jax/train/image_quality.py; train that classifier once with
@@ -69,9 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # but XLA's CPU convolutions inside their scan run ~10x slower (measured with 32 channels:
   # 55 s vs 5 s a step).
   config.microbatch_size = 0
-  # Measured on 2 CPU cores with another training run on one of them: 0.9-1.0 s a step (batch 64,
-  # 0.65 M parameters) and 4 ms per image per DDIM step, so 3,300 steps (~3.5 epochs) take ~53
-  # minutes and each eval ~3.5 (1,000 x 50 U-Net passes): ~60 minutes in all, less on idle cores.
+  # Measured on 2 idle CPU cores: ~0.95 s a step (batch 64, 0.65 M parameters), 60.2 minutes for
+  # the whole run with its two evals (experiments/diffusion/README.md).
   config.num_train_steps = 3300
   config.optimizer = 'adam'
   config.learning_rate = 1e-3

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_steps = 0
   c.weight_decay = 0.0  # adamw (decoupled) and sgd (L2), on matrices and kernels only.
   c.momentum = 0.9  # sgd only.
+  # adam and adamw: the decay of the squared-gradient average (nanoGPT uses 0.99 for its small
+  # character-level runs, whose few tokens per step make 0.999's average lag).
+  c.adam_b2 = 0.999
   c.nesterov = False  # sgd only.
   c.label_smoothing = 0.0  # classification only.
   c.grad_clip_norm = 0.0  # 0 disables clipping.
@@ -159,6 +162,8 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.warmup_steps and c.schedule != 'warmup_cosine':
     raise ConfigError(f'warmup_steps={c.warmup_steps} needs schedule=warmup_cosine, not '
                       f'{c.schedule!r}')
+  if not 0 < c.adam_b2 < 1:
+    raise ConfigError(f'adam_b2={c.adam_b2!r} must be in (0, 1)')
   if not 0 <= c.get('label_smoothing', 0.0) < 1:
     raise ConfigError(f'label_smoothing={c.label_smoothing!r} must be in [0, 1)')
   _positive('log_every_steps', c.log_every_steps)

@@ -14,8 +14,10 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
 
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -32,6 +34,37 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
   """The events of a run's metrics.jsonl, in order."""
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def metric_events(workdir: pathlib.Path, key: str) -> dict[int, float]:
+  """{step: value} of `key` in metrics.jsonl; a step logged twice (a resume) keeps the last."""
+  return {e['step']: e[key] for e in read_metrics(workdir) if key in e}
+
+
+def cached_compile_env(cache_dir: pathlib.Path, one_device: bool = False) -> dict[str, str]:
+  """os.environ plus a persistent compilation cache in `cache_dir`, for a test that runs main in
+  several processes: the later ones compile nothing the first did not. `one_device` drops the 8
+  fake devices (faster compiles; use it in every process of the test, so the numerics agree)."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  if one_device:
+    env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                                if 'device_count' not in f)
+  return env
+
+
+def kill_after_checkpoint(command: list[str], workdir: pathlib.Path, step: int,
+                          env: dict[str, str], timeout: float = 300) -> None:
+  """Starts the training `command` (writing into `workdir`) and SIGKILLs it as soon as the
+  checkpoint of `step` is on disk: a crash between checkpoints, with no chance to clean up."""
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not (workdir / 'checkpoints' / str(step)).is_dir() and time.time() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
     ('learning_rate', -1.0, 'learning_rate=-1.0 must be > 0'),
     ('num_epochs', 0.0, 'num_epochs=0.0 must be > 0'),
     ('microbatch_size', 24, 'microbatch_size=24 must divide batch_size=64'),
+    ('adam_b2', 1.0, r'adam_b2=1.0 must be in \(0, 1\)'),
 ])
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, message):
   config = cnn.get_config()

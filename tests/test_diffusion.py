@@ -3,11 +3,8 @@ samplers against an exact denoiser for Gaussian data, the EMA, and training thro
 after SIGKILL, then the sample CLI)."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -18,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, read_metrics
+from conftest import ROOT, cached_compile_env, kill_after_checkpoint, metric_events
 from configs import diffusion as diffusion_config
 from dl10_jax.errors import ConfigError
 from dl10_jax import models
@@ -319,43 +316,32 @@ def test_missing_classifier_is_one_line(tmp_path):
 
 # --- Through main: SIGKILL between checkpoints, resume, then the sample CLI. ---
 
-def _events(workdir, key):
-  return {e['step']: e[key] for e in read_metrics(workdir) if key in e}
-
-
 def test_sigkill_then_resume_is_exact_with_the_ema_then_sample_cli(tmp_path):
-  # One device (mesh.data=1), and a persistent compilation cache: the later processes compile
-  # nothing the first did not.
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  # One device, and a persistent compilation cache: the later processes compile nothing the
+  # first did not.
+  env = cached_compile_env(tmp_path / 'jax_cache', one_device=True)
   overrides = {'num_train_steps': 24, 'log_every_steps': 3, 'checkpoint_every_steps': 8,
-               'eval_every_steps': 12, 'mesh.data': 1}
+               'eval_every_steps': 12}
   flags = [f'--config.{k}={v}' for k, v in overrides.items()]
   main = lambda workdir: [sys.executable, '-m', 'dl10_jax.main', '--config',
                           'configs/diffusion.py:smoke', '--workdir', str(workdir)] + flags
   result = subprocess.run(main(tmp_path / 'reference'), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
   assert result.returncode == 0, result.stderr
-  reference = _events(tmp_path / 'reference', 'train_loss')
+  reference = metric_events(tmp_path / 'reference', 'train_loss')
 
   workdir = tmp_path / 'killed'
-  process = subprocess.Popen(main(workdir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (workdir / 'checkpoints' / '8').is_dir() and time.time() < deadline:
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL
-  killed_at = max(_events(workdir, 'train_loss'))
+  kill_after_checkpoint(main(workdir), workdir, 8, env)
+  killed_at = max(metric_events(workdir, 'train_loss'))
   assert 8 <= killed_at < 24, 'the run must die between checkpoints for this test to mean much'
 
   result = subprocess.run(main(workdir), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr
   assert 'Resumed from the checkpoint of step' in result.stdout
-  assert _events(workdir, 'train_loss') == reference  # Exactly, step for step, on CPU.
-  assert _events(workdir, 'eval_loss') == _events(tmp_path / 'reference', 'eval_loss')  # EMA's.
+  assert metric_events(workdir, 'train_loss') == reference  # Exactly, step for step, on CPU.
+  assert metric_events(workdir, 'eval_loss') == \
+      metric_events(tmp_path / 'reference', 'eval_loss')  # The EMA's.
   assert (workdir / 'samples' / 'step_000024.png').is_file()
   states = [restore_run(w, jax.devices()[:1])[1] for w in (tmp_path / 'reference', workdir)]
   assert int(states[1].step) == 24

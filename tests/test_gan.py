@@ -2,10 +2,8 @@
 and separation of the two updates, EMA, exact resume after SIGKILL, main -> sample."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax import lax
 
-from conftest import ROOT, read_metrics, run_module
+from conftest import (ROOT, cached_compile_env, kill_after_checkpoint, metric_events, read_metrics,
+                      run_module)
 from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import gan
@@ -137,19 +136,13 @@ def test_each_network_moves_only_by_its_own_loss_and_g_sees_the_updated_d(one_st
     objective.generate(both, jax.random.PRNGKey(0), 4, sampler='ddim', eta=0.0)
 
 
-def _events(workdir, key):
-  return {e['step']: e[key] for e in read_metrics(workdir) if key in e}
-
-
 def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
   """Two optimizers, both BN states and the EMA come back exactly: the same log, the same end."""
   overrides = dict(num_train_steps=60, log_every_steps=4, checkpoint_every_steps=15,
                    eval_every_steps=60, quality_metric=False)
   # One CPU device in all runs (a faster compile; the same count, so the same numerics), and a
   # persistent compilation cache: only the first run compiles.
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
-  env = dict(os.environ, XLA_FLAGS=' '.join(flags), JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env = cached_compile_env(tmp_path / 'jax_cache', one_device=True)
   command = lambda workdir: [sys.executable, '-m', 'dl10_jax.main', '--config',
                              'configs/gan.py:smoke', '--workdir', str(workdir)] + \
       [f'--config.{k}={v}' for k, v in overrides.items()]
@@ -159,21 +152,15 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
   assert reference.returncode == 0, reference.stderr
 
   workdir = tmp_path / 'killed'
-  process = subprocess.Popen(command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env)
-  deadline = time.time() + 120
-  while not (workdir / 'checkpoints' / '15').is_dir() and time.time() < deadline:
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL
-  killed_at = max(_events(workdir, 'train_d_loss'))
+  kill_after_checkpoint(command(workdir), workdir, 15, env)
+  killed_at = max(metric_events(workdir, 'train_d_loss'))
   assert 15 <= killed_at < 60, 'the run must die between checkpoints for this test to mean much'
 
   result = run(workdir)
   assert result.returncode == 0, result.stderr
   assert 'Resumed from the checkpoint of step' in result.stdout
   for key in ('train_d_loss', 'train_g_loss', 'eval_d_fake'):
-    assert _events(workdir, key) == _events(tmp_path / 'reference', key), key
+    assert metric_events(workdir, key) == metric_events(tmp_path / 'reference', key), key
   final = [ocp.StandardCheckpointer().restore(d / 'checkpoints' / '60' / 'state')
            for d in (workdir, tmp_path / 'reference')]
   assert set(final[0]) >= {'params', 'opt_state', 'model_state', 'ema_params', 'rng', 'step'}

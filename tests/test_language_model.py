@@ -4,16 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_metrics, run_module
+from conftest import metric_events, run_module
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import checkpoint
 from dl10_jax.train.trainer import restore_run, train_and_evaluate
 from configs import gpt, lstm, rnn, seq_fmnist
-
-
-def _events(workdir, key):
-  events = read_metrics(workdir)
-  return {e['step']: e[key] for e in events if key in e}
 
 
 @pytest.mark.parametrize('get_config,arg', [(lstm.get_config, 'smoke'), (rnn.get_config, 'lm,smoke'),
@@ -22,7 +17,7 @@ def test_language_models_learn_real_text(get_config, arg, tmp_path):
   config = get_config(arg)
   config.num_train_steps = 40
   final = train_and_evaluate(config, tmp_path)
-  first_loss = _events(tmp_path, 'train_loss')[5]
+  first_loss = metric_events(tmp_path, 'train_loss')[5]
   assert final['eval_loss'] < first_loss - 0.4, (first_loss, final)
   assert final['eval_bits_per_char'] == pytest.approx(final['eval_loss'] / np.log(2))
   assert final['tokens_per_sec'] > 0 and 0 < final['mfu'] < 1
@@ -37,7 +32,7 @@ def test_recurrent_classifiers_learn_sequential_fashion_mnist(arg, tmp_path):
 
 def test_genre_classifier_trains_on_word_tokens(tmp_path):
   final = train_and_evaluate(rnn.get_config('smoke'), tmp_path)
-  losses = list(_events(tmp_path, 'train_loss').values())
+  losses = list(metric_events(tmp_path, 'train_loss').values())
   assert np.isfinite(final['eval_loss']) and 0 <= final['eval_accuracy'] <= 1
   assert losses[-1] < losses[0]
 
@@ -52,7 +47,7 @@ def test_init_from_loads_the_weights_with_a_fresh_optimizer_and_step(tmp_path):
                 num_train_steps=1, learning_rate=1e-12, schedule='constant', warmup_steps=0,
                 grad_clip_norm=0.0)
   train_and_evaluate(config, tmp_path / 'finetune')
-  assert 0 in _events(tmp_path / 'finetune', 'eval_loss')  # The loaded model, before training.
+  assert 0 in metric_events(tmp_path / 'finetune', 'eval_loss')  # The loaded model, before training.
   _, tuned = restore_run(tmp_path / 'finetune', jax.devices()[:1])
   assert int(tuned.step) == 1  # A fresh step count, and a fresh optimizer:
   assert int(tuned.opt_state[0].count) == 1

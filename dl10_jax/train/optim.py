@@ -27,9 +27,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   """The optimizer named by `config.optimizer` (values checked by config_lib.finalize)."""
   schedule = learning_rate_schedule(config)
   if config.optimizer == 'adam':
-    tx = optax.adam(schedule)
+    tx = optax.adam(schedule, b2=config.adam_b2)
   elif config.optimizer == 'adamw':  # Decay matrices and embeddings, not biases or norm scales.
-    tx = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_matrices)
+    tx = optax.adamw(schedule, b2=config.adam_b2, weight_decay=config.weight_decay,
+                     mask=_matrices)
   else:  # L2 weight decay on matrices and kernels (not biases or BN) before the momentum.
     tx = optax.sgd(schedule, momentum=config.momentum or None,
                    nesterov=config.get('nesterov', False) and config.momentum > 0)

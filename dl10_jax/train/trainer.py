@@ -262,12 +262,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 def run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The finalized config a run in `workdir` saved (derived fields such as num_classes resolved)."""
+  """The finalized config a run in `workdir` saved (derived fields such as num_classes resolved).
+
+  Top-level fields added to config_lib.base_config after the run was saved take their defaults,
+  which keep the behaviour the run was trained with: older runs still sample, evaluate, resume.
+  """
   config_path = checkpoint.resolve_path(workdir) / 'config.json'
   if not config_path.is_file():
     raise ConfigError(f'{workdir} holds no trained run (no config.json); pass the --workdir of a '
                       'run of dl10_jax.main')
-  return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  saved = json.loads(config_path.read_text())
+  defaults = config_lib.base_config().to_dict()
+  return ml_collections.ConfigDict({**{k: v for k, v in defaults.items() if k not in saved},
+                                    **saved})
 
 
 def restore_run(workdir: str | os.PathLike,
