@@ -8,8 +8,8 @@ num_train_steps): 16 base channels, because the 28x28 level costs most (32 chann
 2.7x slower).
 Every eval samples one image per eval example and scores them with classifier_fid: a Fréchet
 distance in the features of this project's Fashion-MNIST classifier, NOT Inception-FID
-(dl10_jax/train/image_quality.py; train that classifier once with
-`python -m dl10_jax.train.image_quality --train`, or set --config.quality_metric=False).
+(dl10_jax/train/image_quality.py; the first run trains and caches that classifier, 2-5 minutes;
+--config.quality_metric=False turns the metric off).
 Sample grids go to WORKDIR/samples/ and TensorBoard.
 
   python -m dl10_jax.main --config configs/diffusion.py --workdir runs/diffusion

@@ -5,8 +5,8 @@ The paper's recipe: Adam lr 2e-4, b1 0.5 for both networks, N(0, 0.02) weights, 
 EMA of G's weights for sampling, width 32 and batch 64 to fit ~30 minutes on 2 CPU cores.
 Every epoch is scored with classifier_fid on 2,000 EMA samples against the first 2,000 test
 images: a Fréchet distance in the features of this project's Fashion-MNIST classifier, NOT
-Inception-FID (dl10_jax/train/image_quality.py; train that classifier once with
-`python -m dl10_jax.train.image_quality --train`, or set --config.quality_metric=False).
+Inception-FID (dl10_jax/train/image_quality.py; the first run trains and caches that classifier,
+2-5 minutes; --config.quality_metric=False turns the metric off).
 Sample grids go to WORKDIR/samples/ and TensorBoard.
 
   python -m dl10_jax.main --config configs/gan.py --workdir runs/gan

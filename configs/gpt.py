@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'width': 128,
       'num_heads': 4,
       'mlp_ratio': 4,
-      'positions': 'learned',
+      # Rotary: 1.655 against learned positions' 1.752 at step 800 (experiments/gpt/README.md).
+      'positions': 'rotary',
       'dropout_rate': 0.0,  # Short runs on 4.4 M characters do not overfit.
       'attention_impl': 'auto',  # CPU: blocked causal attention; GPU: cuDNN for bf16.
   })
@@ -55,10 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = 'adamw'  # Weight decay on matrices and embeddings, not biases or LN scales.
   config.learning_rate = 3e-3
   config.weight_decay = 0.1
+  config.adam_b2 = 0.99  # nanoGPT's choice for its small character-level runs.
   config.schedule = 'warmup_cosine'
   config.warmup_steps = 100
   config.grad_clip_norm = 1.0
-  config.num_train_steps = 1600  # About 12 minutes of training on 2 CPU cores (0.45 s/step).
+  # 1,600 steps took 15 min 5 s (0.54 s/step with rotary positions): 1,450 fit `make run` in 15.
+  config.num_train_steps = 1450
   config.log_every_steps = 100
   config.eval_every_steps = 800
   config.checkpoint_every_steps = 800

@@ -1,6 +1,7 @@
 """classifier_fid (this project's Fashion-MNIST classifier, not Inception-FID): it ranks real images
 far above noise and blur, ignores sample order and masked rows, and rejects other image shapes."""
 
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
@@ -93,6 +94,21 @@ def test_padded_32x32_images_are_cropped_and_other_shapes_are_one_clear_error(cl
   for shape in ((4, 28, 28, 3), (4, 64, 64, 1), (28, 28)):
     with pytest.raises(ConfigError, match=r'classifier_fid metric is for 28x28 grey images'):
       image_quality.score(classifier, np.zeros(shape, np.float32), test)
+
+
+def test_the_default_cache_trains_the_classifier_once(tmp_path, monkeypatch):
+  monkeypatch.setenv('DL10_CACHE_DIR', str(tmp_path))
+  train = image_quality.train_classifier
+  monkeypatch.setattr(image_quality, 'train_classifier',
+                      lambda: train(num_steps=10))  # A weak one, in seconds.
+  first = image_quality.load_feature_classifier()
+  assert (tmp_path / f'quality_classifier_v{image_quality.VERSION}' / 'info.json').is_file()
+
+  def fail():
+    raise AssertionError('trained twice')
+  monkeypatch.setattr(image_quality, 'train_classifier', fail)
+  second = image_quality.load_feature_classifier()
+  jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
 
 
 def test_missing_classifier_names_the_command(tmp_path):

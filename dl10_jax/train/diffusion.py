@@ -3,10 +3,11 @@
 A training step draws t uniformly from {0..T-1} and noise per image, forms x_t = q_sample(x_0, t,
 noise) and regresses the network's output on eps (Ho et al.'s "simple" loss) or on v (Salimans &
 Ho 2022; `diffusion.prediction`), optionally weighted per timestep by Min-SNR-gamma
-(`diffusion.loss_weighting`; the eval loss stays unweighted, so runs with either compare). Images enter at their native size in [-1, 1] (the data gives
-[0, 1]): Fashion-MNIST stays 28x28 (the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10
-32x32. The train state adds `ema_params`, an EMA of the weights updated after every step and
-checkpointed with the rest; the eval loss, every sample and the quality metric use it.
+(`diffusion.loss_weighting`; the eval loss stays unweighted, so runs with either compare).
+Images enter at their native size in [-1, 1] (the data gives [0, 1]): Fashion-MNIST stays 28x28
+(the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10 32x32. The train state adds
+`ema_params`, an EMA of the weights updated after every step and checkpointed with the rest; the
+eval loss, every sample and the quality metric use it.
 
 Eval is deterministic: each example's t and noise come from a key hashed from its own pixels (the
 batches carry no index), so the eval loss does not depend on the batch size or device count. With

@@ -8,8 +8,9 @@ only with each other (same classifier version), never with published FIDs. With 
 recognisable samples score high; an Inception-Score-like signal), and `class_histogram_ratio`,
 max/min frequency of their predicted classes (1 is balanced; mode collapse makes it large).
 
-Train the classifier once, seeded (89.4 % test accuracy; 2-5 minutes on 2 CPU cores; cached in
-$DL10_CACHE_DIR or ~/.cache/dl10_jax, under quality_classifier_v1/):
+The classifier is trained once, seeded (89.4 % test accuracy; 2-5 minutes on 2 CPU cores), and
+cached in $DL10_CACHE_DIR or ~/.cache/dl10_jax, under quality_classifier_v1/: by the first run
+or `sample --quality` that needs it, or ahead of time with
 
   python -m dl10_jax.train.image_quality --train [--cache_dir DIR]
 
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from dl10_jax.data import idx
 from dl10_jax.errors import ConfigError
@@ -104,9 +106,16 @@ def _apply(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def load_feature_classifier(cache_dir: str | None = None) -> FeatureClassifier:
-  """The cached classifier; a ConfigError naming the command that trains it if there is none."""
+  """The cached classifier. In the default cache, the first call trains it (seeded: every machine
+  gets the same one); a `cache_dir` given explicitly must hold it (a ConfigError naming the
+  command that trains it otherwise: a mistyped directory should not cost a silent retraining)."""
   directory = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
   info_path, params_path = directory / 'info.json', directory / 'params.msgpack'
+  if not cache_dir and not info_path.is_file():
+    logging.info('Training the classifier of classifier_fid once (2-5 minutes on 2 CPU cores), '
+                 'into %s', directory)
+    info = train_classifier()
+    logging.info('classifier_fid classifier: %.2f %% test accuracy', 100 * info['test_accuracy'])
   if not (info_path.is_file() and params_path.is_file()):
     flag = f' --cache_dir {directory}' if cache_dir else ''
     raise ConfigError(f'the feature classifier of classifier_fid is not in {directory}: train it '
