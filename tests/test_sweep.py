@@ -231,9 +231,10 @@ def test_real_grid_records_a_failed_point_and_skips_finished_ones_on_rerun(tmp_p
 
 
 def test_an_interrupted_sweep_resumes_its_point_in_the_same_workdir(tmp_path):
-  config = _config(tmp_path, "[{'learning_rate': 0.001, 'num_train_steps': 12}]")
+  # 40 steps of 0.3 s: time to interrupt it after its second eval even on a loaded machine.
+  config = _config(tmp_path, "[{'learning_rate': 0.001, 'num_train_steps': 40}]")
   workdir = tmp_path / 'sweep'
-  point = workdir / 'learning_rate=0.001,num_train_steps=12'
+  point = workdir / 'learning_rate=0.001,num_train_steps=40'
   sweep = _sweep('--config', config, '--workdir', str(workdir), step_s=0.3, wait=False,
                  log=tmp_path / 'first.log')
   _wait_for(lambda: len(_evals(point)) >= 2)
@@ -245,12 +246,12 @@ def test_an_interrupted_sweep_resumes_its_point_in_the_same_workdir(tmp_path):
   assert json.loads((point / 'attempts.jsonl').read_text())['status'] == 'interrupted'
   assert '| interrupted |' in (workdir / 'summary.md').read_text()
   checkpoint = int((point / 'fake_step').read_text())
-  assert 2 <= checkpoint < 12
+  assert 2 <= checkpoint < 40
 
   result = _sweep('--config', config, '--workdir', str(workdir), step_s=0.01)
   assert result.returncode == 0, result.stderr
   assert [s['start_step'] for s in _starts(point)] == [0, checkpoint]  # Resumed, not restarted.
-  assert sorted(set(_evals(point))) == list(range(1, 13)) and (point / 'result.json').exists()
+  assert sorted(set(_evals(point))) == list(range(1, 41)) and (point / 'result.json').exists()
   rows = list(csv.DictReader(open(workdir / 'summary.csv')))
   assert rows[0]['status'] == 'done' and float(rows[0]['wall_s']) > 0.3 * 2
 
