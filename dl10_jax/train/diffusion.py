@@ -53,9 +53,10 @@ class Diffusion(Objective):
     check_choice('diffusion.eval_sampler', d.eval_sampler, SAMPLERS)
     # Runs saved before the option trained with the uniform loss.
     self.loss_weighting = d.get('loss_weighting', 'uniform')
+    self.min_snr_gamma = d.get('min_snr_gamma', 5.0)
     check_choice('diffusion.loss_weighting', self.loss_weighting, diffusion.LOSS_WEIGHTINGS)
-    if not d.get('min_snr_gamma', 5.0) > 0:
-      raise ConfigError(f'diffusion.min_snr_gamma={d.min_snr_gamma} must be > 0')
+    if not self.min_snr_gamma > 0:
+      raise ConfigError(f'diffusion.min_snr_gamma={self.min_snr_gamma} must be > 0')
     if not 0 <= d.ema_decay < 1:
       raise ConfigError(f'diffusion.ema_decay={d.ema_decay} must be in [0, 1)')
     self.schedule = diffusion.make_schedule(d.schedule, d.num_timesteps)
@@ -106,9 +107,8 @@ class Diffusion(Objective):
     x_t, target = self._noised(x0, t, jax.random.normal(noise_rng, x0.shape))
     out = state.apply_fn({'params': params, **state.model_state}, x_t, t, train=True,
                          rngs={'dropout': dropout_rng})
-    d = self.config.diffusion
-    weight = diffusion.loss_weight(self.schedule, t, d.prediction, self.loss_weighting,
-                                   d.get('min_snr_gamma', 5.0))  # [B]
+    weight = diffusion.loss_weight(self.schedule, t, self.config.diffusion.prediction,
+                                   self.loss_weighting, self.min_snr_gamma)  # [B]
     loss = jnp.mean(weight * jnp.mean(jnp.square(out - target), axis=(1, 2, 3)))
     return loss, ({'train_loss': loss}, state.model_state)
 

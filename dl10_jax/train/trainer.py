@@ -45,7 +45,8 @@ class Experiment:
   splits: data.Splits
   objective: Objective
   schedule: optax.Schedule
-  init: Callable[[jax.Array, Any], TrainState]  # (rng, batch) -> state laid out on the mesh, jitted.
+  # (rng, batch) -> the state laid out on the mesh, jitted.
+  init: Callable[[jax.Array, Any], TrainState]
   abstract_state: TrainState  # Shapes, dtypes and shardings of the state.
   train_step: Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]
   eval_step: Callable[[TrainState, Any], dict[str, jax.Array]]
