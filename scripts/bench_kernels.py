@@ -24,6 +24,7 @@ section (`SECTIONS`); --kernel picks one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 import statistics
@@ -58,6 +59,12 @@ _LSTM_SEQ_LENS = flags.DEFINE_list('lstm_seq_lens', ['64', '256', '1024'],
                                    'LSTM: sequence lengths.')
 _LSTM_BATCH = flags.DEFINE_integer('lstm_batch', 64, 'LSTM: batch size.')
 _LSTM_DTYPE = flags.DEFINE_enum('lstm_dtype', 'bfloat16', ['bfloat16', 'float32'], 'LSTM: dtype.')
+_FLASH_BLOCKS = flags.DEFINE_list(
+    'flash_blocks', [], 'Attention: also time the flash kernel at these blocks, QxK (e.g. 64x64), '
+    'forward and backward alike: a sweep for the Triton / TPU block tables.')
+_LSTM_BLOCKS = flags.DEFINE_list(
+    'lstm_blocks', [], 'LSTM: also time the fused kernel at these Triton settings, BATCHxWARPS '
+    '(e.g. 16x4; batch rows per program, num_warps): a sweep for `choose_blocks`.')
 
 
 def timed(fn: Callable, *args) -> float:
@@ -84,6 +91,11 @@ def _attention_impls(platform: str, kind: str, causal: bool, interpret: bool):
       'flash': functools.partial(fa.flash_attention, causal=causal, interpret=interpret),
       'xla': functools.partial(attention.dot_product_attention, causal=causal, impl='xla'),
   }
+  for spec in _FLASH_BLOCKS.value:
+    block_q, block_k = (int(n) for n in spec.split('x'))
+    impls[f'flash {spec}'] = functools.partial(fa.flash_attention, causal=causal,
+                                               interpret=interpret, block_q=block_q,
+                                               block_k=block_k)
   if platform == 'gpu':
     from jax.experimental.pallas.ops.gpu import attention as triton_mha
     impls['cudnn'] = functools.partial(jax.nn.dot_product_attention, is_causal=causal,
@@ -95,7 +107,9 @@ def _attention_impls(platform: str, kind: str, causal: bool, interpret: bool):
       config = attention_mgpu.TuningConfig(
           block_q=64, block_kv=128, max_concurrent_steps=2, causal=causal, block_q_dkv=64,
           block_kv_dkv=64, block_q_dq=64, block_kv_dq=64)
-      impls['jax_mgpu'] = functools.partial(attention_mgpu.attention, config=config)
+      # float16: its kernels stage tiles in f16 and reject bf16 inputs (jax 0.11.2).
+      impls['jax_mgpu_f16'] = lambda q, k, v: attention_mgpu.attention(
+          *(x.astype(jnp.float16) for x in (q, k, v)), config=config)
   elif platform == 'tpu':
     from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
     impls['jax_tpu_flash'] = lambda q, k, v: jnp.swapaxes(tpu_flash.flash_attention(
@@ -163,6 +177,17 @@ def _lstm_impls(platform: str, interpret: bool):
       'fused': projected(lambda xw, w_hh, z: lstm_kernel.lstm(
           xw, w_hh, z, z, backend=variant, interpret=interpret)[0]),
   }
+  for spec in _LSTM_BLOCKS.value:
+    rows, warps = (int(n) for n in spec.split('x'))
+
+    def swept(xw, w_hh, z, rows=rows, warps=warps):
+      (time, batch, _), hidden = xw.shape, w_hh.shape[0]
+      blocks = dataclasses.replace(
+          lstm_kernel.choose_blocks(variant, batch, time, hidden, xw.dtype, w_hh.dtype),
+          batch=rows, num_warps=warps)
+      return lstm_kernel.lstm(xw, w_hh, z, z, backend=variant, interpret=interpret,
+                              blocks=blocks)[0]
+    impls[f'f{spec}'] = projected(swept)
   if platform == 'gpu':
     from jax.experimental import rnn
 

@@ -255,15 +255,17 @@ def test_an_impl_the_backend_cannot_run_is_one_line(monkeypatch):
     fa.flash_attention(q.astype(jnp.int32), q, q, backend='tpu')
 
 
-@pytest.mark.parametrize('platform,dtype,flash_ok,want', [
-    ('tpu', jnp.bfloat16, True, 'pallas'), ('gpu', jnp.float16, True, 'pallas'),
-    ('gpu', jnp.bfloat16, False, 'cudnn'), ('tpu', jnp.float32, True, 'xla'),
-    ('cpu', jnp.bfloat16, True, 'xla'),
+@pytest.mark.parametrize('platform,dtype,flash_ok,cudnn_ok,want', [
+    ('tpu', jnp.bfloat16, True, True, 'pallas'), ('gpu', jnp.float16, True, True, 'cudnn'),
+    ('gpu', jnp.bfloat16, True, False, 'pallas'), ('gpu', jnp.bfloat16, False, True, 'cudnn'),
+    ('gpu', jnp.bfloat16, False, False, 'xla'), ('gpu', jnp.float32, True, True, 'xla'),
+    ('tpu', jnp.float32, True, False, 'xla'), ('cpu', jnp.bfloat16, True, True, 'xla'),
 ])
-def test_auto_picks_pallas_on_accelerators_where_it_applies(monkeypatch, platform, dtype,
-                                                            flash_ok, want):
+def test_auto_picks_the_fastest_measured_where_it_applies(monkeypatch, platform, dtype, flash_ok,
+                                                          cudnn_ok, want):
+  """GPU: cuDNN, then the Pallas kernel (the H200's order); TPU: the Pallas kernel."""
   monkeypatch.setattr(jax, 'default_backend', lambda: platform)
-  assert attention.resolve_impl('auto', dtype, flash_ok=flash_ok) == want
+  assert attention.resolve_impl('auto', dtype, flash_ok=flash_ok, cudnn_ok=cudnn_ok) == want
 
 
 # --- On the hardware (skipped elsewhere). ---

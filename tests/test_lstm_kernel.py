@@ -163,8 +163,10 @@ def test_block_heuristic_never_picks_an_illegal_block():
           hp = lstm_kernel.padded_hidden('triton', hidden)
           assert t.batch >= 16 and t.batch & (t.batch - 1) == 0, shape
           assert hp >= 16 and hp & (hp - 1) == 0, shape
+          # Past these, a gate's W_hh slice overflows shared memory (measured on an H200).
+          limit = 128 if dtype == jnp.float32 else 256
           assert (lstm_kernel.unsupported_reason('triton', t, hidden, dtype) is None) == (
-              hidden <= lstm_kernel.TRITON_MAX_HIDDEN), shape
+              hidden <= limit), shape
 
 
 # --- The model with the kernel. ---
@@ -240,23 +242,36 @@ def test_auto_and_pallas_on_an_accelerator(monkeypatch):
     recurrent.resolve_lstm_impl('pallas', *too_big)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert recurrent.resolve_lstm_impl('auto', *_shapes(hidden=1024)) == ('xla', None)
-  assert recurrent.resolve_lstm_impl('auto', *_shapes(hidden=256))[0] == 'triton'
+  assert recurrent.resolve_lstm_impl('auto', *_shapes(hidden=128))[0] == 'triton'
+  # Measured slower than the scan at 256 on an H200, though it runs: auto keeps the scan.
+  assert recurrent.resolve_lstm_impl('auto', *_shapes(hidden=256, dtype=jnp.bfloat16)) == (
+      'xla', None)
+  assert recurrent.resolve_lstm_impl('pallas', *_shapes(hidden=256, dtype=jnp.bfloat16))[0] == (
+      'triton')
 
 
 # --- On hardware (skipped elsewhere): the compiled kernels, not the interpreter. ---
 
 
 def _hardware_check(backend):
-  """fp32 against an fp32-exact reference (no TF32); the kernels' own fp32 dots may use fewer
-  passes on some chips, hence 2e-3 (unmeasured: no accelerator was lent when this was written)."""
+  """Against an fp32 reference at 'highest' matmul precision, the kernel at 'highest' too (its fp32
+  dots follow jax's default, TF32 on NVIDIA GPUs as XLA's are: 3.6e-3 off at T 64, H 128 on an
+  H200; at 'highest', 4e-6). bf16 inputs are compared with the reference run on their fp32
+  values, within atol of each leaf's largest magnitude: a bf16 reference accumulates dW_hh over
+  T steps in bf16 and was 1.0 off the kernel at T 256, H 256, where the fp32 one is 0.08 off
+  (of 26) on an H200."""
   for time, batch, hidden, dtype, atol in [(64, 32, 128, jnp.float32, 2e-3),
-                                           (256, 64, 256, jnp.bfloat16, 3e-2),
+                                           (256, 64, 256, jnp.bfloat16, 2e-2),
                                            (100, 7, 100, jnp.float32, 2e-3)]:
     args, mask = _inputs(time, batch, hidden, dtype)
+    exact = jax.tree.map(lambda x: x.astype(jnp.float32), args)
     with jax.default_matmul_precision('highest'):
-      want = _value_and_grads(lstm_kernel.reference_lstm, args, mask)
-    got = _value_and_grads(lambda *a: lstm_kernel.lstm(*a, backend=backend), args, mask)
-    _assert_close(got, want, atol)
+      want = _value_and_grads(lstm_kernel.reference_lstm, exact, mask)
+      got = _value_and_grads(lambda *a: lstm_kernel.lstm(*a, backend=backend), args, mask)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+      scale = max(1.0, float(np.abs(w).max()))
+      np.testing.assert_allclose(g, w, atol=atol * scale, rtol=0)
 
 
 @pytest.mark.gpu

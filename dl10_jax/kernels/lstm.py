@@ -38,6 +38,13 @@ F32 = jnp.float32
 TPU_VMEM_BUDGET = 32 * 2**20  # Of the blocks' buffers; the rest of the 48 MiB limit is Mosaic's.
 TRITON_MAX_HIDDEN = 512  # Padded hidden per gate: a [bB, 4Hp] fp32 gate tile lives in registers.
 TRITON_RESIDENT_BYTES = 64 * 2**10  # W_hh up to this stays in registers across the time loop.
+# Otherwise each step stages a gate's [Hp, Hp] W_hh slice and the [bB, Hp] h tile through shared
+# memory. Measured on an H200: fp32 H 256 asked 256 KiB, bf16 H 512 528 KiB, of the 227 KiB a
+# Hopper program may use; 160 KiB also fits an A100's 164 KiB.
+TRITON_SHARED_BYTES = 160 * 2**10
+# The widest (padded) hidden at which `lstm_impl=auto` takes the Triton kernel: at 256 the scan
+# was faster on an H200 (the kernel 0.65x at batch 64, 0.85x at 512; 1.2-1.4x at 128).
+TRITON_AUTO_MAX_HIDDEN = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +95,14 @@ def choose_blocks(backend: str, batch: int, time: int, hidden: int, x_dtype=F32,
   TPU: batch blocks of up to 256 rows (MXU rows per step; a multiple of 8 sublanes, 16 for 16-bit
   inputs), time blocks of up to 32 steps (amortizing the ~0.35 µs per grid step), shrinking time to
   8, then batch, then time again until the buffers fit `TPU_VMEM_BUDGET`. Triton: batch blocks of
-  64/32/16 rows as the padded hidden grows to 128/256 (register pressure), 8 warps from Hp = 128.
+  16 rows, 8 warps from Hp = 128: the step is latency-bound, so more programs beat bigger tiles
+  (H200, bf16, H 128, T 256: 16 rows 1.15-1.42x the scan, 32 rows 0.95-1.18x, 64 rows 0.3-0.65x).
   """
   check_backend(backend)
   w_dtype = x_dtype if w_dtype is None else w_dtype
   hp = padded_hidden(backend, hidden)
   if backend == 'triton':
-    bb = 16 if hp >= 256 else 32 if hp >= 128 else 64
-    bb = min(bb, max(16, _pow2(batch)))
-    return LstmBlocks(batch=bb, num_warps=4 if hp <= 64 else 8, num_stages=1,
+    return LstmBlocks(batch=16, num_warps=4 if hp <= 64 else 8, num_stages=1,
                       resident_weights=4 * hp * hp * jnp.dtype(w_dtype).itemsize
                       <= TRITON_RESIDENT_BYTES)
   sub = 16 if jnp.dtype(x_dtype).itemsize == 2 else 8
@@ -142,6 +148,11 @@ def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F3
     if hp > TRITON_MAX_HIDDEN:
       return (f'the Triton LSTM keeps a [batch block, 4 x {hp}] gate tile in registers: hidden '
               f'{hidden} is over its limit of {TRITON_MAX_HIDDEN}; use lstm_impl=xla')
+    shared = (hp + blocks.batch) * hp * jnp.dtype(w_dtype).itemsize
+    if not blocks.resident_weights and shared > TRITON_SHARED_BYTES:
+      return (f'the Triton LSTM stages a [{hp}, {hp}] {jnp.dtype(w_dtype).name} W_hh slice per '
+              f'step through shared memory: {shared // 2**10} KiB at hidden {hidden}, over '
+              f'{TRITON_SHARED_BYTES // 2**10} KiB; use lstm_impl=xla or 16-bit weights')
     return None
   if blocks.batch % 8 or blocks.time < 1:
     return (f'the TPU LSTM batch block must be a multiple of 8 and the time block >= 1, not '

@@ -99,6 +99,9 @@ def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
   chosen = lstm_kernel.override_blocks(
       lstm_kernel.choose_blocks(variant, batch, time, hidden, xw.dtype, w_hh.dtype), blocks)
   reason = lstm_kernel.unsupported_reason(variant, chosen, hidden, xw.dtype, w_hh.dtype)
+  if impl == 'auto' and variant == 'triton' and (
+      lstm_kernel.padded_hidden(variant, hidden) > lstm_kernel.TRITON_AUTO_MAX_HIDDEN):
+    reason = reason or f'on GPUs the scan is faster at hidden {hidden}'
   if impl == 'auto':
     _log_choice('xla' if reason else f'pallas ({variant})',
                 reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}')
