@@ -107,7 +107,7 @@ def _attention_impls(platform: str, kind: str, causal: bool, interpret: bool):
       config = attention_mgpu.TuningConfig(
           block_q=64, block_kv=128, max_concurrent_steps=2, causal=causal, block_q_dkv=64,
           block_kv_dkv=64, block_q_dq=64, block_kv_dq=64)
-      # float16: its kernels stage tiles in f16 and reject bf16 inputs (jax 0.11.2).
+      # float16: it rejects bf16 inputs in jax 0.11.2 (and has no causal backward yet).
       impls['jax_mgpu_f16'] = lambda q, k, v: attention_mgpu.attention(
           *(x.astype(jnp.float16) for x in (q, k, v)), config=config)
   elif platform == 'tpu':

@@ -96,7 +96,7 @@ def choose_blocks(backend: str, batch: int, time: int, hidden: int, x_dtype=F32,
   inputs), time blocks of up to 32 steps (amortizing the ~0.35 µs per grid step), shrinking time to
   8, then batch, then time again until the buffers fit `TPU_VMEM_BUDGET`. Triton: batch blocks of
   16 rows, 8 warps from Hp = 128: the step is latency-bound, so more programs beat bigger tiles
-  (H200, bf16, H 128, T 256: 16 rows 1.15-1.42x the scan, 32 rows 0.95-1.18x, 64 rows 0.3-0.65x).
+  (H200, bf16, H 128, T 256: 16 rows 1.15-1.42x the scan, 32 rows 0.67-1.18x, 64 rows 0.29-0.65x).
   """
   check_backend(backend)
   w_dtype = x_dtype if w_dtype is None else w_dtype
