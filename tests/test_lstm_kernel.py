@@ -126,6 +126,10 @@ def test_forward_and_gradient_export(backend, time, batch, hidden, dtype, masked
           sds((batch, hidden), jnp.float32), sds((batch, hidden), jnp.float32),
           sds((time, batch), jnp.bool_) if masked else None)
   forward = lambda *a: lstm_kernel.lstm(*a, backend=backend)
+  if backend == 'triton' and hidden == 512:  # Exports, but did not compile on an H200.
+    with pytest.raises(ConfigError, match='through shared memory: 528 KiB at hidden 512'):
+      jax.eval_shape(forward, *args)
+    return
   grads = jax.grad(lambda *a: jnp.sum(forward(*a)[0]) + jnp.sum(forward(*a)[1][1]),
                    argnums=(0, 1, 2, 3))
   for fn in (forward, grads):

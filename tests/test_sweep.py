@@ -60,7 +60,17 @@ def _sweep(*args: str, fake: bool = True, step_s: float = 0.1, wait: bool = True
   if wait:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   out = open(log, 'w')  # A file, not a pipe: a worker never blocks on a full pipe.
-  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                          preexec_fn=_ctrl_c_delivered)
+
+
+def _ctrl_c_delivered() -> None:
+  """In the sweep's process before exec: SIGINT unblocked and at its default, whatever state the
+  test worker is in. A blocked or ignored SIGINT passes to children; twice in full suites (never
+  alone, nor under a CPU hog) the interrupted-sweep test's Ctrl-C had no effect and its point ran
+  on to 'done' (suspected, not proven: a library leaving SIGINT blocked in the worker)."""
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(condition, timeout: float = 120.0) -> None:
