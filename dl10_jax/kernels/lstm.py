@@ -36,7 +36,6 @@ from dl10_jax.kernels import _lstm_kernels
 BACKENDS = ('triton', 'tpu')
 F32 = jnp.float32
 TPU_VMEM_BUDGET = 32 * 2**20  # Of the blocks' buffers; the rest of the 48 MiB limit is Mosaic's.
-TRITON_MAX_HIDDEN = 512  # Padded hidden per gate: a [bB, 4Hp] fp32 gate tile lives in registers.
 TRITON_RESIDENT_BYTES = 64 * 2**10  # W_hh up to this stays in registers across the time loop.
 # Otherwise each step stages a gate's [Hp, Hp] W_hh slice and the [bB, Hp] h tile through shared
 # memory. Measured on an H200: fp32 H 256 asked 256 KiB, bf16 H 512 528 KiB, of the 227 KiB a
@@ -145,14 +144,12 @@ def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F3
   if backend == 'triton':
     if blocks.batch < 16 or blocks.batch != _pow2(blocks.batch):
       return f'the Triton LSTM batch block must be a power of two >= 16, not {blocks.batch}'
-    if hp > TRITON_MAX_HIDDEN:
-      return (f'the Triton LSTM keeps a [batch block, 4 x {hp}] gate tile in registers: hidden '
-              f'{hidden} is over its limit of {TRITON_MAX_HIDDEN}; use lstm_impl=xla')
+    # Also the bound on hidden: a W_hh resident in registers is at most 64 hidden wide.
     shared = (hp + blocks.batch) * hp * jnp.dtype(w_dtype).itemsize
     if not blocks.resident_weights and shared > TRITON_SHARED_BYTES:
       return (f'the Triton LSTM stages a [{hp}, {hp}] {jnp.dtype(w_dtype).name} W_hh slice per '
               f'step through shared memory: {shared // 2**10} KiB at hidden {hidden}, over '
-              f'{TRITON_SHARED_BYTES // 2**10} KiB; use lstm_impl=xla or 16-bit weights')
+              f'{TRITON_SHARED_BYTES // 2**10} KiB; use lstm_impl=xla')
     return None
   if blocks.batch % 8 or blocks.time < 1:
     return (f'the TPU LSTM batch block must be a multiple of 8 and the time block >= 1, not '
