@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''
   c.init_reinit = ''
 
+  # Compiled programs persist here, so a resume, a sweep point or a sample compiles nothing the
+  # first run did ('': $DL10_COMPILATION_CACHE or ~/.cache/dl10_jax/xla; 'off' disables it).
+  c.compilation_cache_dir = ''
+
   c.log_every_steps = 100
   c.eval_every_steps = -1  # -1: once per epoch.
   c.checkpoint_every_steps = 1000

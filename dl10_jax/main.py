@@ -17,6 +17,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dl10_jax import runtime
 from dl10_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> None:
   from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
   if _distributed_requested():
     _initialize_distributed()
+  runtime.log_allocator_advice_once()
   try:
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:

@@ -8,10 +8,12 @@
       --variants="model.attention_impl=xla;"
 
 Reports steps/s, examples/s (tokens/s for language models) and model FLOP/s as a fraction of the
-measured float32 matmul peak; with --torch, the same model and optimizer in PyTorch
-(scripts/torch_twins.py; eager, and with --torch_compile compiled) timed in the same run before
-and after JAX, and the ratios. The step is timed on real training batches already on the
-device, then again fed by the grain pipeline as in training. Appends a table to
+measured float32 matmul peak (JAX's and PyTorch's: on a CPU the best BLAS on the machine is the
+limit); with --torch, the same model and optimizer in PyTorch (scripts/torch_twins.py; eager, and
+with --torch_compile compiled) timed in the same process, so under the same allocator, before and
+after JAX, and the ratios. Every figure is the median over all timed calls (PyTorch's: before and
+after together). The step is timed on real training batches already on the device, then again fed
+by the grain pipeline as in training. Appends a table, naming the allocator and the XLA flags, to
 experiments/benchmarks.md.
 """
 
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import ast
 import datetime
+import json
 import os
 import pathlib
 import platform
+import statistics
 import sys
 import time
 
@@ -34,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cnn.py', 'Experiment config.')
 _STEPS = flags.DEFINE_integer('steps', 100, 'Timed steps per measurement.')
 _WARMUP = flags.DEFINE_integer('warmup', 10, 'Untimed steps first (compilation, caches).')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per variant; the best is reported.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per variant (per side, per PyTorch '
+                                 'pass); the median is reported.')
 _VARIANTS = flags.DEFINE_string(
     'variants', '', 'Config variants timed in the same run, separated by ";", each a comma-separated '
     'list of field=value overrides; an empty variant is the config as given. Example: '
@@ -42,7 +47,9 @@ _VARIANTS = flags.DEFINE_string(
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time the PyTorch twin (needs '
                            'requirements-bench.txt; models in scripts/torch_twins.py).')
 _COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time the torch.compile()d twin.')
-_OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'), 'Markdown log.')
+_OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'),
+                           'Markdown log to append to (empty: none).')
+_RECORD = flags.DEFINE_string('record', '', 'JSON-lines file to append the raw timings to.')
 
 
 def apply_overrides(config, variant: str):
@@ -65,14 +72,14 @@ def apply_overrides(config, variant: str):
   return config
 
 
-def best_time(fn, repeats: int) -> float:
-  """The fastest of `repeats` calls of fn() (which must block until its work is done)."""
+def call_times(fn, repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of fn() (which must block until its work is done)."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return min(times)
+  return times
 
 
 def jax_matmul_flops(n: int = 2048) -> float:
@@ -80,7 +87,7 @@ def jax_matmul_flops(n: int = 2048) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
-  return 2 * n**3 / best_time(lambda: matmul(a).block_until_ready(), 5)
+  return 2 * n**3 / statistics.median(call_times(lambda: matmul(a).block_until_ready(), 5))
 
 
 def step_flops(config) -> float:
@@ -129,17 +136,20 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
     jax.block_until_ready(metrics)
 
   run(warmup)
-  seconds = best_time(lambda: run(steps), repeats) / steps
-  fed_seconds = best_time(lambda: run_fed(steps), repeats) / steps
-  return {'steps_per_sec': 1 / seconds,
+  calls = [t / steps for t in call_times(lambda: run(steps), repeats)]
+  fed_calls = [t / steps for t in call_times(lambda: run_fed(steps), repeats)]
+  seconds, fed_seconds = statistics.median(calls), statistics.median(fed_calls)
+  return {'seconds_per_step': calls, 'fed_seconds_per_step': fed_calls,
+          'steps_per_sec': 1 / seconds,
           'examples_per_sec': exp.config.batch_size / seconds,
           'fed_examples_per_sec': exp.config.batch_size / fed_seconds,
           'flops_per_sec': flops / seconds}
 
 
-def torch_step_throughput(config, steps: int, warmup: int, repeats: int,
-                          compile_model: bool = False) -> dict[str, float]:
-  """The PyTorch twin (scripts/torch_twins.py) of `config`'s model, on the same batches."""
+def torch_step_seconds(config, steps: int, warmup: int, repeats: int,
+                       compile_model: bool = False) -> list[float]:
+  """Seconds per step of each timed call of the PyTorch twin (scripts/torch_twins.py) of
+  `config`'s model, on the same batches."""
   import torch
   from dl10_jax.train.trainer import build_experiment
   sys.path.insert(0, str(ROOT / 'scripts'))
@@ -155,9 +165,7 @@ def torch_step_throughput(config, steps: int, warmup: int, repeats: int,
       step(batches[i % len(batches)])
 
   run(warmup)
-  seconds = best_time(lambda: run(steps), repeats) / steps
-  return {'steps_per_sec': 1 / seconds, 'examples_per_sec': config.batch_size / seconds,
-          'matmul_flops': torch_twins.matmul_flops()}
+  return [t / steps for t in call_times(lambda: run(steps), repeats)]
 
 
 def _cpu_name() -> str:
@@ -177,20 +185,21 @@ def _tokens_per_example(config) -> int:
 def main(argv):
   del argv
   import jax
+  from dl10_jax import runtime
   config = _CONFIG.value
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()}'
   if jax.default_backend() == 'cpu':
     device = f'{_cpu_name()}, {os.cpu_count()} cores'
   peak = jax_matmul_flops()
-  # PyTorch is timed before and after JAX (its speed drifts by +-20 % between runs here); the
-  # faster of the two counts, as does the best repeat of every measurement.
+  # PyTorch is timed before and after JAX (its speed drifts between runs); the median is over
+  # the calls of both passes.
   torch_kinds = (['eager'] + (['compile'] if _COMPILE.value else [])) if _TORCH.value else []
-  timings = {kind: [] for kind in torch_kinds}
+  torch_calls = {kind: [] for kind in torch_kinds}
 
   def time_torch():
     for kind in torch_kinds:
-      timings[kind].append(torch_step_throughput(config, _STEPS.value, _WARMUP.value,
-                                                 _REPEATS.value, kind == 'compile'))
+      torch_calls[kind] += torch_step_seconds(config, _STEPS.value, _WARMUP.value,
+                                              _REPEATS.value, kind == 'compile')
 
   time_torch()
   rows = []
@@ -202,45 +211,62 @@ def main(argv):
     print(f'{label}: {r["examples_per_sec"]:.0f} examples/s, '
           f'{r["flops_per_sec"] / 1e9:.1f} GFLOP/s ({r["flops_per_sec"] / peak:.1%} of peak)')
   time_torch()
-  best = {kind: max(runs, key=lambda r: r['examples_per_sec']) for kind, runs in timings.items()}
-  for kind, runs in timings.items():
-    print(f'torch {kind}: ' + ' / '.join(f'{r["examples_per_sec"]:.0f}' for r in runs) +
-          ' examples/s (before / after JAX)')
+  torch_rate = {kind: config.batch_size / statistics.median(calls)
+                for kind, calls in torch_calls.items()}
+  for kind, calls in torch_calls.items():
+    print(f'torch {kind}: {torch_rate[kind]:.0f} examples/s (median of {len(calls)} calls: ' +
+          ', '.join(f'{config.batch_size / t:.0f}' for t in calls) + ')')
+  torch_peak = None
+  if torch_kinds:
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    import torch_twins
+    torch_peak = torch_twins.matmul_flops()
 
   per_example = _tokens_per_example(config)
   unit = 'tokens/s' if per_example else 'examples/s'
   scale = per_example or 1
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  flags_in_effect = os.environ.get('XLA_FLAGS', '').strip() or 'none'
   lines = [f'\n## {config.model.name}: {date}\n',
-           f'Device: {device}; jax {jax.__version__}; batch {config.batch_size}' +
+           f'Device: {device}; jax {jax.__version__}; allocator {runtime.allocator()}; '
+           f'XLA_FLAGS {flags_in_effect}; batch {config.batch_size}' +
            (f' x {per_example} tokens' if per_example else '') +
-           f', dtype {config.dtype}; best of {_REPEATS.value} x {_STEPS.value} steps.',
+           f', dtype {config.dtype}; medians of {_REPEATS.value} calls x {_STEPS.value} steps '
+           f'(PyTorch: {2 * _REPEATS.value} calls, before and after JAX).',
            f'float32 matmul peak (2048^3): jax {peak / 1e9:.0f} GFLOP/s' +
-           ''.join(f'; PyTorch {kind} before / after the JAX runs: ' +
-                   ' / '.join(f'{r["examples_per_sec"] * scale:.0f}' for r in runs) +
-                   f' {unit}, the faster counts' for kind, runs in timings.items()) + '.\n',
+           (f', PyTorch {torch_peak / 1e9:.0f} GFLOP/s' if torch_peak else '') + '.\n',
            f'| implementation | steps/s | {unit} | {unit} fed by grain | model GFLOP/s | '
-           'of matmul peak |' + ''.join(f' vs torch {kind} |' for kind in best),
-           '|---|---|---|---|---|---|' + '---|' * len(best)]
+           'of jax matmul peak |' + (' of PyTorch matmul peak |' if torch_peak else '') +
+           ''.join(f' vs torch {kind} |' for kind in torch_rate),
+           '|---|---|---|---|---|---|' + '---|' * (len(torch_rate) + bool(torch_peak))]
   for label, r in rows:
-    ratios = ''.join(f' {r["examples_per_sec"] / t["examples_per_sec"]:.2f}x |'
-                     for t in best.values())
+    ratios = ''.join(f' {r["examples_per_sec"] / t:.2f}x |' for t in torch_rate.values())
     lines.append(f'| {label} | {r["steps_per_sec"]:.2f} | {r["examples_per_sec"] * scale:.0f} | '
                  f'{r["fed_examples_per_sec"] * scale:.0f} | {r["flops_per_sec"] / 1e9:.1f} | '
-                 f'{r["flops_per_sec"] / peak:.1%} |' + ratios)
-  if best:
+                 f'{r["flops_per_sec"] / peak:.1%} |' +
+                 (f' {r["flops_per_sec"] / torch_peak:.1%} |' if torch_peak else '') + ratios)
+  if torch_rate:
     import torch
-    for kind, t in best.items():
-      lines.append(f'| torch {torch.__version__} {kind} | {t["steps_per_sec"]:.2f} | '
-                   f'{t["examples_per_sec"] * scale:.0f} | | | |' +
-                   ''.join(f' {t["examples_per_sec"] / o["examples_per_sec"]:.2f}x |'
-                           for o in best.values()))
-  out = pathlib.Path(_OUT.value)
-  if not out.exists():
-    out.write_text('# Benchmarks\n\nWritten by `scripts/benchmark.py`; newest last.\n')
-  with out.open('a') as f:
-    f.write('\n'.join(lines) + '\n')
-  print(f'appended to {out}')
+    for kind, rate in torch_rate.items():
+      lines.append(f'| torch {torch.__version__} {kind} | {rate / config.batch_size:.2f} | '
+                   f'{rate * scale:.0f} | | | |' + (' |' if torch_peak else '') +
+                   ''.join(f' {rate / other:.2f}x |' for other in torch_rate.values()))
+  if _OUT.value:
+    out = pathlib.Path(_OUT.value)
+    if not out.exists():
+      out.write_text('# Benchmarks\n\nWritten by `scripts/benchmark.py`; newest last.\n')
+    with out.open('a') as f:
+      f.write('\n'.join(lines) + '\n')
+    print(f'appended to {out}')
+  if _RECORD.value:  # The raw record: every timed call, for tables built from several runs.
+    record = {'date': date, 'config': _CONFIG.value.model.name, 'device': device,
+              'jax_version': jax.__version__, 'allocator': runtime.allocator(),
+              'xla_flags': flags_in_effect, 'batch_size': config.batch_size,
+              'tokens_per_example': per_example, 'steps_per_call': _STEPS.value,
+              'jax_matmul_peak': peak, 'torch_matmul_peak': torch_peak,
+              'jax': {label: r for label, r in rows}, 'torch_seconds_per_step': torch_calls}
+    with open(_RECORD.value, 'a') as f:
+      f.write(json.dumps(record) + '\n')
 
 
 if __name__ == '__main__':

@@ -101,7 +101,7 @@ def test_setup_ships_the_code_and_installs_the_pinned_jax_on_every_worker(env, t
   assert '--worker=all' in commands[2]
   remote = _remote(commands[2])
   assert 'tar -xzf dl10_jax.tar.gz -C dl10_jax' in remote
-  assert 'python3.11 -m venv dl10_venv' in remote
+  assert 'python3.12 -m venv dl10_venv' in remote
   assert f'dl10_venv/bin/pip install -q -r dl10_jax/requirements.txt "jax[tpu]=={JAX}"' in remote
   assert not pathlib.Path(tarball).exists()  # A dry run writes nothing.
 
@@ -115,7 +115,7 @@ def test_setup_command_on_a_worker_unpacks_and_installs(has_venv, env, tmp_path)
   source = tmp_path / 'source'
   (source / 'scripts').mkdir(parents=True)
   (source / 'requirements.txt').write_text(f'jax=={JAX}\n')
-  (source / 'scripts' / 'setup_data.sh').write_text('exit 0\n')
+  (source / 'scripts' / 'setup_system.sh').write_text('exit 0\n')
   subprocess.run(['tar', '-czf', str(home / 'dl10_jax.tar.gz'), '-C', str(source), '.'], check=True)
   log = shlex.quote(str(tmp_path / 'calls'))
   pip = tmp_path / 'pip'
@@ -143,7 +143,7 @@ def test_setup_command_on_a_worker_unpacks_and_installs(has_venv, env, tmp_path)
   assert calls == venv + [
       'pip install -q --upgrade pip',
       f'pip install -q -r dl10_jax/requirements.txt jax[tpu]=={JAX}',
-      'sudo bash scripts/setup_data.sh',
+      'sudo bash scripts/setup_system.sh',
       'pip freeze']
   assert result.stdout.splitlines()[-1].endswith(f': jax=={JAX} jaxlib=={JAX} libtpu==0.0.1')
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
+from dl10_jax import runtime
 from dl10_jax.data import shakespeare, tokenizer as tokenizer_lib
 from dl10_jax.data.sources import ArraySource, Splits
 from dl10_jax.errors import ConfigError, DataError
@@ -77,9 +78,7 @@ class Windows:
 # --- The cache. ---
 
 def _cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-  directory = config.get('cache_dir') or os.environ.get('DL10_CACHE_DIR') or \
-      pathlib.Path.home() / '.cache' / 'dl10_jax'
-  return pathlib.Path(directory)
+  return pathlib.Path(config.get('cache_dir') or runtime.cache_root())
 
 
 def _cached(config: ml_collections.ConfigDict, key: dict[str, Any],

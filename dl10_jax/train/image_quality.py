@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from dl10_jax import runtime
 from dl10_jax.data import idx
 from dl10_jax.errors import ConfigError
 from dl10_jax.models.layers import Conv2D, max_pool_2x2
@@ -58,8 +58,7 @@ def pixel_hashes(images: jax.Array) -> jax.Array:
 def default_cache_dir() -> pathlib.Path:
   """Where the classifier lives: versioned, beside the project's other caches (the data dir may
   be read-only, as Debian's is)."""
-  root = os.environ.get('DL10_CACHE_DIR') or pathlib.Path.home() / '.cache' / 'dl10_jax'
-  return pathlib.Path(root) / f'quality_classifier_v{VERSION}'
+  return runtime.cache_root() / f'quality_classifier_v{VERSION}'
 
 
 class QualityNet(nn.Module):

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tqdm
 
-from dl10_jax import config_lib, data, models
+from dl10_jax import config_lib, data, models, runtime
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train import checkpoint, make_objective, optim, pruning, sharding, throughput
@@ -100,6 +100,7 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
 
   A text dataset is tokenized with the tokenizer saved in `workdir` if the run has one.
   """
+  runtime.enable_compilation_cache(config.get('compilation_cache_dir', ''))
   mesh = sharding.make_mesh(config.mesh, devices)
   splits = data.load(config.dataset, saved_tokenizer(workdir))
   config = config_lib.finalize(config, len(splits.train), sharding.batch_shards(mesh),

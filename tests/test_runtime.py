@@ -1,0 +1,130 @@
+"""The runtime around JAX: default XLA flags, the allocator line, the compilation cache, setup."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+from conftest import ROOT, cached_compile_env, metric_events
+from dl10_jax import runtime
+
+
+def test_default_flags_join_the_users_and_never_replace_them(monkeypatch):
+  monkeypatch.setattr(runtime, 'DEFAULT_XLA_CPU_FLAGS', {'xla_a': 'true', 'xla_b': 'X'})
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_b=Y'}
+  runtime.set_default_xla_flags(env)
+  assert env['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=8', '--xla_b=Y',
+                                      '--xla_a=true']
+  empty = {}
+  runtime.set_default_xla_flags(empty)
+  assert empty['XLA_FLAGS'] == '--xla_a=true --xla_b=X'
+  opted_out = {'DL10_DEFAULT_XLA_FLAGS': '0', 'XLA_FLAGS': '--xla_b=Y'}
+  runtime.set_default_xla_flags(opted_out)
+  assert opted_out['XLA_FLAGS'] == '--xla_b=Y'
+
+
+def test_compilation_cache_dir_follows_config_then_environment(monkeypatch, tmp_path):
+  monkeypatch.setenv('DL10_CACHE_DIR', str(tmp_path / 'root'))
+  monkeypatch.delenv('DL10_COMPILATION_CACHE', raising=False)
+  assert runtime.compilation_cache_dir() == tmp_path / 'root' / 'xla'
+  monkeypatch.setenv('DL10_COMPILATION_CACHE', str(tmp_path / 'env'))
+  assert runtime.compilation_cache_dir() == tmp_path / 'env'
+  assert runtime.compilation_cache_dir(str(tmp_path / 'config')) == tmp_path / 'config'
+  assert runtime.compilation_cache_dir('off') is None
+  monkeypatch.setenv('DL10_COMPILATION_CACHE', 'off')
+  assert runtime.compilation_cache_dir() is None
+
+
+def _without_cache_overrides(env: dict[str, str]) -> dict[str, str]:
+  return {k: v for k, v in env.items() if not k.startswith(('JAX_COMPILATION_CACHE',
+                                                            'JAX_PERSISTENT_CACHE', 'LD_PRELOAD'))}
+
+
+def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once(tmp_path):
+  cache = tmp_path / 'xla'
+  env = _without_cache_overrides(cached_compile_env(cache, one_device=True))
+  env['DL10_COMPILATION_CACHE'] = str(cache)
+  command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
+             '--config.num_train_steps=4', '--config.eval_every_steps=4']
+
+  first = subprocess.run([*command, '--workdir', str(tmp_path / 'a')], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr
+  # Without tcmalloc preloaded, main says once how to get it.
+  assert first.stderr.count('running with glibc malloc') == 1, first.stderr
+  entries = sorted(p.name for p in cache.iterdir())
+  assert len(entries) >= 3  # init, train step, eval step at least.
+
+  tcmalloc = runtime.tcmalloc_path()
+  second_env = dict(env, LD_PRELOAD=tcmalloc) if tcmalloc else env
+  second = subprocess.run([*command, '--workdir', str(tmp_path / 'b')], cwd=ROOT,
+                          env=second_env, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 0, second.stderr
+  assert sorted(p.name for p in cache.iterdir()) == entries  # Every compile was a cache hit.
+  if tcmalloc:
+    assert 'glibc malloc' not in second.stderr
+  for key in ('train_loss', 'eval_loss'):  # The cached programs compute the same run.
+    assert metric_events(tmp_path / 'b', key) == metric_events(tmp_path / 'a', key)
+
+
+def test_compilation_cache_off_writes_nothing(tmp_path):
+  env = _without_cache_overrides(dict(os.environ, DL10_CACHE_DIR=str(tmp_path / 'root')))
+  result = subprocess.run(
+      [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
+       '--config.num_train_steps=2', '--config.compilation_cache_dir=off',
+       '--workdir', str(tmp_path / 'run')], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert not (tmp_path / 'root' / 'xla').exists()
+
+
+def _shell_without_apt(tmp_path: pathlib.Path) -> dict[str, str]:
+  """PATH with the tools setup_system.sh needs and no apt-get."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for tool in ('bash', 'id', 'dirname'):
+    path = shutil.which(tool)
+    if path:
+      (bin_dir / tool).symlink_to(path)
+  return {'PATH': str(bin_dir), 'HOME': str(tmp_path)}
+
+
+def test_setup_without_apt_ends_with_one_line_per_missing_package(tmp_path):
+  env = dict(_shell_without_apt(tmp_path), SETUP_SYSTEM_ROOT=str(tmp_path / 'empty_root'))
+  result = subprocess.run(['bash', str(ROOT / 'scripts' / 'setup_system.sh')], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0  # Nothing is fatal: each piece says how to get it.
+  lines = result.stderr.splitlines()
+  assert len(lines) == 2, result.stderr
+  assert 'dataset-fashion-mnist' in lines[0] and 'DL10_DATA_DIR' in lines[0]
+  assert 'libtcmalloc-minimal4' in lines[1]
+
+
+def test_benchmark_names_the_allocator_and_flags(tmp_path):
+  record = tmp_path / 'record.jsonl'
+  result = subprocess.run(
+      [sys.executable, 'scripts/benchmark.py', '--config=configs/cnn.py:smoke', '--steps=2',
+       '--warmup=1', '--repeats=2', f'--out={tmp_path / "b.md"}', f'--record={record}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  text = (tmp_path / 'b.md').read_text()
+  assert re.search(r'allocator (glibc|tcmalloc); XLA_FLAGS ', text), text
+  assert 'medians of 2 calls' in text
+  (data,) = [json.loads(line) for line in record.read_text().splitlines()]
+  (row,) = data['jax'].values()
+  assert len(row['seconds_per_step']) == 2 and data['allocator'] in ('glibc', 'tcmalloc')
+
+
+def test_setup_env_refuses_an_old_python_with_one_line(tmp_path):
+  env = dict(_shell_without_apt(tmp_path), VENV=str(tmp_path / 'venv'))
+  old_python = tmp_path / 'bin' / 'python3'  # Answers like a Python older than 3.12.
+  old_python.write_text('#!/bin/sh\nexit 1\n')
+  old_python.chmod(0o755)
+  result = subprocess.run(['bash', str(ROOT / 'scripts' / 'setup_env.sh')], env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert result.stderr.count('\n') == 1 and 'Python 3.12 or newer' in result.stderr, result.stderr
+  assert not (tmp_path / 'venv').exists()
