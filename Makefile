@@ -4,29 +4,34 @@
 VENV ?= .venv
 CONFIG ?= configs/gpt.py
 WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
-STAMP := $(VENV)/.setup-done
 # Expanded when a recipe runs, after `setup` has installed it: XLA:CPU is ~1.3x faster with it.
 TCMALLOC = $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib*/libtcmalloc_minimal.so.4))
 RUN = $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) )$(VENV)/bin/python
 
-.PHONY: setup run test bench clean
+.PHONY: setup setup-dev run test bench clean
 
-# The virtual environment with the pinned requirements-dev.txt (again only when they change), then
-# the system packages: the offline Fashion-MNIST data and tcmalloc, where apt is available.
-setup: $(STAMP)
+# The virtual environment with the pinned requirements (again only when they change), then the
+# system packages: the offline Fashion-MNIST data and tcmalloc, where apt is available. Training
+# needs requirements.txt; the tests and benchmarks also requirements-dev.txt (PyTorch, Optuna).
+setup: $(VENV)/.runtime-done
 	@bash scripts/setup_system.sh
-$(STAMP): requirements.txt requirements-dev.txt requirements-sweep.txt scripts/setup_env.sh
-	@VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_env.sh
-	@touch $(STAMP)
+setup-dev: $(VENV)/.dev-done
+	@bash scripts/setup_system.sh
+$(VENV)/.runtime-done: requirements.txt scripts/setup_env.sh
+	@VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_env.sh requirements.txt
+	@touch $@
+$(VENV)/.dev-done: $(VENV)/.runtime-done requirements-dev.txt requirements-sweep.txt
+	@VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_env.sh requirements-dev.txt
+	@touch $@
 
 run: setup
 	$(RUN) -m dl10_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
-test: setup
+test: setup-dev
 	$(RUN) -m pytest -n 2 -q tests
 
-bench: setup
+bench: setup-dev
 	$(RUN) scripts/benchmark.py --config $(CONFIG) --torch
 
 clean:
-	rm -rf $(STAMP) runs .pytest_cache
+	rm -rf $(VENV)/.runtime-done $(VENV)/.dev-done runs .pytest_cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's Python environment (see Makefile `setup`): a virtual environment in $VENV (default
-# .venv) on the newest Python >= 3.12 found here, with the pinned requirements-dev.txt. jax 0.12,
-# the pinned runtime, has no release for Python 3.11 or older.
+# .venv) on the newest Python >= 3.12 found here, with the pinned requirements file given
+# (default requirements.txt). jax 0.12, the pinned runtime, has no release for Python 3.11.
+#   scripts/setup_env.sh [requirements-dev.txt]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -39,4 +40,4 @@ if [ ! -x "$venv/bin/python" ] || ! usable "$venv/bin/python"; then
   "$python" -m venv "$venv"
   echo "setup: created $venv with $("$venv/bin/python" --version)"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "${1:-requirements.txt}"

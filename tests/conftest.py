@@ -67,6 +67,30 @@ def kill_after_checkpoint(command: list[str], workdir: pathlib.Path, step: int,
   assert process.wait() == -signal.SIGKILL
 
 
+EXPORT_PLATFORM = {'triton': 'cuda', 'tpu': 'tpu'}
+TRITON_CALL = '__gpu$xla.gpu.triton'
+
+
+def export_for(backend: str, fn, *args):
+  """`jax.export` of jit(fn) for a GPU ('triton') or a TPU ('tpu'), without one: lowering checks
+  what interpret mode cannot (block legality, the kernel's own Triton or Mosaic code).
+
+  Triton lowers for a GPU model, named here as an abstract device (an H100); its custom call is
+  not on export's stability allow-list.
+  """
+  import contextlib
+  import jax
+  checks, context = [], contextlib.nullcontext()
+  if backend == 'triton':
+    checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
+    gpu = jax.sharding.AbstractDevice(device_kind='NVIDIA H100', num_cores=None, platform='gpu')
+    context = jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ('x',),
+                                                                       abstract_device=gpu))
+  with context:
+    return jax.export.export(jax.jit(fn), platforms=[EXPORT_PLATFORM[backend]],
+                             disabled_checks=checks)(*args)
+
+
 @pytest.fixture
 def cnn_smoke_config():
   """The CNN's `smoke` config: a few seconds of real Fashion-MNIST training."""

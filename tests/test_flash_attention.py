@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import export
 from jax.experimental.pallas import tpu as pltpu
 
+from conftest import EXPORT_PLATFORM, export_for
 from configs import gpt as gpt_config
 from dl10_jax import models
 from dl10_jax.errors import ConfigError
@@ -33,7 +33,6 @@ from dl10_jax.kernels import flash_attention as fa
 from dl10_jax.models import attention
 
 TOL = {jnp.float32: 2e-5, jnp.float16: 5e-3, jnp.bfloat16: 3e-2}
-PLATFORM = {'triton': 'cuda', 'tpu': 'tpu'}
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
 ON_GPU = pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
 ON_TPU = pytest.mark.skipif(jax.default_backend() != 'tpu', reason='needs a TPU')
@@ -140,12 +139,6 @@ def test_tpu_interpret_params_simulate_memory_and_dmas():
 
 # --- Lowering, without the hardware. ---
 
-def _export(backend, fn, *args):
-  checks = ([export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')]
-            if backend == 'triton' else [])
-  return export.export(jax.jit(fn), platforms=[PLATFORM[backend]], disabled_checks=checks)(*args)
-
-
 def _grad_of(f):
   return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2))
 
@@ -168,9 +161,9 @@ def test_export_for_the_hardware_lowers_forward_and_gradient(backend, b, t, h, k
     return _grad_of(f)(q, k, v) if grad else f(q, k, v)
 
   for grad in (False, True):
-    exported = _export(backend, functools.partial(run, grad), q, kv, kv,
+    exported = export_for(backend, functools.partial(run, grad), q, kv, kv,
                        *([ids] if segments else []))
-    assert exported.platforms == (PLATFORM[backend],)
+    assert exported.platforms == (EXPORT_PLATFORM[backend],)
     kernels = exported.mlir_module()
     assert ('tpu_custom_call' if backend == 'tpu' else 'triton') in kernels
 
@@ -180,7 +173,7 @@ def test_export_for_the_hardware_lowers_forward_and_gradient(backend, b, t, h, k
 def test_export_covers_other_dtypes_and_head_dims(backend, dtype, d):
   q = jax.ShapeDtypeStruct((2, 512, 2, d), dtype)
   f = functools.partial(fa.flash_attention, causal=True, backend=backend)
-  _export(backend, _grad_of(f), q, q, q)
+  export_for(backend, _grad_of(f), q, q, q)
 
 
 @pytest.mark.parametrize('backend,module,block_q,block_k,message', [
@@ -193,7 +186,7 @@ def test_export_rejects_an_illegal_block(backend, module, block_q, block_k, mess
   q = jax.ShapeDtypeStruct((1, 2 * block_q, 2, 64), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, 4 * block_k, 2, 64), jnp.bfloat16)
   with pytest.raises(Exception, match=message):
-    _export(backend, lambda q, k, v: module.forward(q, k, v, None, None, plan), q, kv, kv)
+    export_for(backend, lambda q, k, v: module.forward(q, k, v, None, None, plan), q, kv, kv)
   with pytest.raises(ConfigError, match=f'block_q={block_q} does not tile on {backend}'):
     fa.flash_attention(jnp.zeros((1, 8, 1, 64)), jnp.zeros((1, 8, 1, 64)),
                        jnp.zeros((1, 8, 1, 64)), backend=backend, block_q=block_q)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TRITON_CALL, export_for
 from dl10_jax import models
 from dl10_jax.errors import ConfigError
 from dl10_jax.kernels import _lstm_kernels
@@ -25,8 +26,6 @@ from dl10_jax.kernels import lstm as lstm_kernel
 from dl10_jax.models import recurrent
 
 FAST = {'xla_backend_optimization_level': 0}
-PLATFORM = {'triton': 'cuda', 'tpu': 'tpu'}
-TRITON_CALL = '__gpu$xla.gpu.triton'
 
 
 def _inputs(time, batch, hidden, dtype=jnp.float32, masked=True, seed=0):
@@ -106,13 +105,6 @@ def test_tpu_variant_under_the_tpu_memory_simulator():
 # --- Lowering: what interpret mode cannot check. ---
 
 
-def _export(backend, fn, *args):
-  kwargs = {}
-  if backend == 'triton':  # Triton's custom call is not on export's stability allow-list.
-    kwargs['disabled_checks'] = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
-  return jax.export.export(jax.jit(fn), platforms=[PLATFORM[backend]], **kwargs)(*args)
-
-
 @pytest.mark.parametrize('backend', ['triton', 'tpu'])
 @pytest.mark.parametrize('time,batch,hidden,dtype,masked', [
     (1024, 16, 128, jnp.float32, False),
@@ -120,7 +112,7 @@ def _export(backend, fn, *args):
     (64, 100, 512, jnp.bfloat16, False),
     (129, 5, 32, jnp.float32, True),  # Odd sizes; Triton keeps W_hh in registers.
 ])
-def test_forward_and_gradient_export(backend, time, batch, hidden, dtype, masked):
+def test_forward_and_gradientexport_for(backend, time, batch, hidden, dtype, masked):
   sds = jax.ShapeDtypeStruct
   args = (sds((time, batch, 4 * hidden), dtype), sds((hidden, 4 * hidden), dtype),
           sds((batch, hidden), jnp.float32), sds((batch, hidden), jnp.float32),
@@ -133,7 +125,7 @@ def test_forward_and_gradient_export(backend, time, batch, hidden, dtype, masked
   grads = jax.grad(lambda *a: jnp.sum(forward(*a)[0]) + jnp.sum(forward(*a)[1][1]),
                    argnums=(0, 1, 2, 3))
   for fn in (forward, grads):
-    text = _export(backend, fn, *args).mlir_module()
+    text = export_for(backend, fn, *args).mlir_module()
     assert (TRITON_CALL if backend == 'triton' else 'tpu_custom_call') in text
 
 
@@ -145,9 +137,9 @@ def test_tpu_export_rejects_an_illegal_block():
           sds((bp, hp), jnp.float32), sds((bp, hp), jnp.float32), sds((t, bp, 1), jnp.float32))
   legal = lambda bb: lambda *a: _lstm_kernels.tpu_forward(
       *a, blocks=lstm_kernel.LstmBlocks(batch=bb, time=4))
-  _export('tpu', legal(8), *args)
+  export_for('tpu', legal(8), *args)
   with pytest.raises(Exception, match='divisible by 8 and 128'):
-    _export('tpu', legal(4), *args)
+    export_for('tpu', legal(4), *args)
 
 
 def test_block_heuristic_never_picks_an_illegal_block():

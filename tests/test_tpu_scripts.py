@@ -138,6 +138,7 @@ def test_setup_command_on_a_worker_unpacks_and_installs(has_venv, env, tmp_path)
   calls = (tmp_path / 'calls').read_text().splitlines()
   venv = [] if has_venv else [
       'sudo apt-get update -qq',
+      'sudo add-apt-repository -y ppa:deadsnakes/ppa',  # apt knows no fakepy-venv.
       'sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fakepy-venv',
       'fakepy -m venv dl10_venv']
   assert calls == venv + [
