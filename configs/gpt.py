@@ -60,11 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.schedule = 'warmup_cosine'
   config.warmup_steps = 100
   config.grad_clip_norm = 1.0
-  # 1,600 steps took 15 min 5 s (0.54 s/step with rotary positions): 1,450 fit `make run` in 15.
-  config.num_train_steps = 1450
+  # Steps that fit `make run` in 15 minutes on 2 CPU cores, setup included, at ~0.2-0.3 s a step
+  # (experiments/gpt/README.md).
+  config.num_train_steps = 3000
   config.log_every_steps = 100
-  config.eval_every_steps = 800
-  config.checkpoint_every_steps = 800
+  config.eval_every_steps = 750
+  config.checkpoint_every_steps = 750
 
   if 'large' in args:  # 60 minutes: wider, 2.5 x the steps.
     config.model.update(width=192, num_heads=4)

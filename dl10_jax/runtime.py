@@ -11,9 +11,12 @@ import glob
 import os
 import pathlib
 
-# XLA:CPU options that made every family's training step faster on this project's CPUs, and none
-# slower (experiments/benchmarks.md, "XLA:CPU flags"). A flag the user already put in XLA_FLAGS
-# keeps the user's value; DL10_DEFAULT_XLA_FLAGS=0 leaves XLA_FLAGS exactly as given.
+# XLA:CPU flags to add by default: those that made training steps faster on this project's CPUs
+# without making any family slower. None has yet: on a quiet 2-core Xeon, XNNPACK graph fusion
+# and oneDNN fusions (the candidates jax 0.12 offers) were within noise of no flags for all nine
+# benchmark configs (experiments/xla_flags), and oneDNN's fusion thunks abort the process when an
+# executable is freed while its pool is in use (object_pool.h check). A flag the user already put
+# in XLA_FLAGS keeps the user's value; DL10_DEFAULT_XLA_FLAGS=0 leaves XLA_FLAGS exactly as given.
 DEFAULT_XLA_CPU_FLAGS: dict[str, str] = {}
 
 # Debian/Ubuntu's libtcmalloc-minimal4. XLA:CPU allocates and frees its buffers every step; glibc's

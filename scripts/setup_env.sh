@@ -15,9 +15,11 @@ find_python() {
   local candidates=()
   [ -n "${PYTHON:-}" ] && candidates+=("$PYTHON")
   candidates+=(python3.14 python3.13 python3.12)
-  # pyenv installs versions that its shims hide unless selected.
+  # pyenv installs versions that its shims hide unless selected: the newest first.
   if command -v pyenv >/dev/null; then
-    candidates+=("$(pyenv root)"/versions/3.1[2-9]*/bin/python3)
+    while read -r python; do
+      candidates+=("$python")
+    done < <(printf '%s\n' "$(pyenv root)"/versions/3.*/bin/python3 | sort -rV)
   fi
   candidates+=(python3)
   for python in "${candidates[@]}"; do

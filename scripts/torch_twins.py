@@ -700,11 +700,14 @@ def make_step(config, compile_model: bool = False):
 
 
 def matmul_flops(n: int = 2048) -> float:
+  """PyTorch's float32 matmul FLOP/s: the median of 5 calls after one untimed call."""
+  import statistics
   import time
   a = torch.randn(n, n)
-  best = math.inf
+  a @ a
+  times = []
   for _ in range(5):
     start = time.perf_counter()
     a @ a
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / statistics.median(times)

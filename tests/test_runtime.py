@@ -8,6 +8,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from conftest import ROOT, cached_compile_env, metric_events
 from dl10_jax import runtime
 
@@ -128,3 +131,54 @@ def test_setup_env_refuses_an_old_python_with_one_line(tmp_path):
   assert result.returncode == 1
   assert result.stderr.count('\n') == 1 and 'Python 3.12 or newer' in result.stderr, result.stderr
   assert not (tmp_path / 'venv').exists()
+
+
+_STEP_SCRIPT = '''
+import sys
+import jax, numpy as np
+from dl10_jax.train.trainer import build_experiment
+from dl10_jax.train import sharding
+from configs import {module} as config_module
+config = config_module.get_config('smoke')
+config.mesh.data = 1
+exp = build_experiment(config, jax.devices()[:1])
+it = exp.train_iterator()
+state = exp.init(jax.random.PRNGKey(0), exp.example_batch())
+batch = sharding.to_global(next(it), exp.mesh)
+loss = lambda params: exp.objective.loss(params, state, batch, jax.random.PRNGKey(1))[0]
+grads = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in
+          jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(state.params))}}
+losses = []
+for _ in range(3):
+  state, metrics = exp.train_step(state, batch)
+  losses.append(float(metrics[exp.objective.loss_metric]))
+np.savez(sys.argv[1], losses=np.array(losses), **grads)
+'''
+
+
+# dl10_jax's defaults and what bench_families.py measured besides them (experiments/xla_flags).
+CHECKED_FLAGS = sorted({f'--{k}={v}' for k, v in runtime.DEFAULT_XLA_CPU_FLAGS.items()} | {
+    '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY',
+    '--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce'})
+
+
+@pytest.mark.parametrize('module', ['gpt', 'resnet'])
+@pytest.mark.parametrize('flag', CHECKED_FLAGS)
+def test_flagged_steps_train_like_no_flags(module, flag, tmp_path):
+  """The gradient of a batch and three training steps' losses under an XLA:CPU flag and without:
+  the same float32 numbers up to the summation order of the libraries the flag brings in."""
+  results = {}
+  for name, flags in (('flagged', flag), ('plain', '')):
+    path = tmp_path / f'{name}.npz'
+    env = dict(os.environ, XLA_FLAGS=flags, DL10_DEFAULT_XLA_FLAGS='0')
+    result = subprocess.run([sys.executable, '-c', _STEP_SCRIPT.format(module=module), str(path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results[name] = dict(np.load(path))
+  flagged, plain = results['flagged'], results['plain']
+  np.testing.assert_allclose(flagged.pop('losses'), plain.pop('losses'), rtol=1e-5)
+  assert flagged.keys() == plain.keys()
+  for key in plain:  # Gradients at the start, each to float32 noise of its own scale.
+    scale = np.abs(plain[key]).max()
+    np.testing.assert_allclose(flagged[key], plain[key], rtol=1e-4, atol=1e-5 * scale,
+                               err_msg=key)
