@@ -26,7 +26,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 FAMILIES = ('configs/cnn.py', 'configs/resnet.py', 'configs/mobilenet.py', 'configs/lstm.py',
-            'configs/rnn.py', 'configs/gpt.py', 'configs/gpt.py:mini', 'configs/gan.py',
+            'configs/rnn.py:lm', 'configs/gpt.py', 'configs/gpt.py:mini', 'configs/gan.py',
             'configs/diffusion.py')
 _ONEDNN_FUSIONS = '--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce'
 _XNN_GREEDY = '--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY'
