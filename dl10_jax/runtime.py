@@ -71,9 +71,6 @@ def cache_root() -> pathlib.Path:
   return pathlib.Path(base) / 'dl10_jax'
 
 
-COMPILATION_CACHE_BYTES = 4 << 30  # Every compile is kept, so the cache needs a bound.
-
-
 def compilation_cache_dir(configured: str = '') -> pathlib.Path | None:
   """Where compiled programs persist, or None (off). The first that is set decides: the config's
   `compilation_cache_dir`, $DL10_COMPILATION_CACHE, then <cache_root>/xla; 'off' in either of the
@@ -89,9 +86,10 @@ def enable_compilation_cache(configured: str = '') -> pathlib.Path | None:
 
   A second process (a resume, a sweep point, a sample, a test) then loads the compiled steps from
   disk instead of compiling them again. JAX_COMPILATION_CACHE_DIR, JAX's own setting, wins. Every
-  compile is kept (JAX's default keeps only those over 1 s), up to COMPILATION_CACHE_BYTES, unless
-  the user's environment says otherwise. Takes effect if called before this process's first
-  compile.
+  compile is kept (JAX's default keeps only those over 1 s) unless the user's environment says
+  otherwise. The cache is not bounded: JAX's bound (jax_compilation_cache_max_size) rescans the
+  whole directory under a file lock at every read and write, and CPU programs are small (~10 KB
+  each; delete the directory to reclaim it). Takes effect before this process's first compile.
   """
   import jax
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
@@ -102,8 +100,6 @@ def enable_compilation_cache(configured: str = '') -> pathlib.Path | None:
   jax.config.update('jax_compilation_cache_dir', str(directory))
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  if 'JAX_COMPILATION_CACHE_MAX_SIZE' not in os.environ:  # Least recently used entries go first.
-    jax.config.update('jax_compilation_cache_max_size', COMPILATION_CACHE_BYTES)
   return directory
 
 
