@@ -19,10 +19,11 @@ import pathlib
 # in XLA_FLAGS keeps the user's value; DL10_DEFAULT_XLA_FLAGS=0 leaves XLA_FLAGS exactly as given.
 DEFAULT_XLA_CPU_FLAGS: dict[str, str] = {}
 
-# Debian/Ubuntu's libtcmalloc-minimal4. XLA:CPU allocates and frees its buffers every step; glibc's
-# malloc hands large ones back to the kernel each time (page faults, system time), tcmalloc keeps them.
-TCMALLOC_GLOBS = ('/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4', '/usr/lib/libtcmalloc_minimal.so.4',
-                  '/usr/lib64/libtcmalloc_minimal.so.4')
+# Debian/Ubuntu's libtcmalloc-minimal4. XLA:CPU allocates and frees its buffers every step;
+# glibc's malloc hands large ones back to the kernel each time (page faults, system time), tcmalloc
+# keeps them.
+TCMALLOC_GLOBS = ('/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4',
+                  '/usr/lib/libtcmalloc_minimal.so.4', '/usr/lib64/libtcmalloc_minimal.so.4')
 
 
 def set_default_xla_flags(environ: os._Environ | dict[str, str] = os.environ) -> None:
@@ -31,7 +32,8 @@ def set_default_xla_flags(environ: os._Environ | dict[str, str] = os.environ) ->
     return
   given = environ.get('XLA_FLAGS', '')
   names = {flag.lstrip('-').split('=', 1)[0] for flag in given.split()}
-  extra = [f'--{name}={value}' for name, value in DEFAULT_XLA_CPU_FLAGS.items() if name not in names]
+  extra = [f'--{name}={value}' for name, value in DEFAULT_XLA_CPU_FLAGS.items()
+           if name not in names]
   if extra:
     environ['XLA_FLAGS'] = ' '.join([given, *extra]).strip()
 

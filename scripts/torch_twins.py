@@ -642,7 +642,7 @@ def _ddpm(config):
     per_example = (model(x_t, t) - target).square().mean(dim=(1, 2, 3))  # [B]
     if weighting == 'uniform':
       return per_example.mean()
-    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])  # Min-SNR-gamma (models/diffusion.loss_weight)
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])  # Min-SNR-gamma weighting
     weight = (torch.clamp(gamma / snr, max=1.0) if d.prediction == 'eps'
               else torch.clamp(snr, max=gamma) / (snr + 1))
     return (weight * per_example).mean()
