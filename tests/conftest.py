@@ -42,12 +42,13 @@ def metric_events(workdir: pathlib.Path, key: str) -> dict[int, float]:
 
 
 def cached_compile_env(cache_dir: pathlib.Path, one_device: bool = False) -> dict[str, str]:
-  """os.environ plus a persistent compilation cache in `cache_dir`, for a test that runs main in
-  several processes: the later ones compile nothing the first did not. `one_device` drops the 8
-  fake devices (faster compiles; use it in every process of the test, so the numerics agree)."""
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  """os.environ with the project's compilation cache in `cache_dir` (dl10_jax/runtime.py keeps
+  every compile), for a test that runs main in several processes: the later ones compile nothing
+  the first did not. `one_device` drops the 8 fake devices (faster compiles; use it in every
+  process of the test, so the numerics agree)."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT_CACHE'))}
+  env['DL10_COMPILATION_CACHE'] = str(cache_dir)
   if one_device:
     env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                                 if 'device_count' not in f)

@@ -41,15 +41,10 @@ def test_compilation_cache_dir_follows_config_then_environment(monkeypatch, tmp_
   assert runtime.compilation_cache_dir() is None
 
 
-def _without_cache_overrides(env: dict[str, str]) -> dict[str, str]:
-  return {k: v for k, v in env.items() if not k.startswith(('JAX_COMPILATION_CACHE',
-                                                            'JAX_PERSISTENT_CACHE', 'LD_PRELOAD'))}
-
-
 def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once(tmp_path):
   cache = tmp_path / 'xla'
-  env = _without_cache_overrides(cached_compile_env(cache, one_device=True))
-  env['DL10_COMPILATION_CACHE'] = str(cache)
+  env = cached_compile_env(cache, one_device=True)
+  env.pop('LD_PRELOAD', None)  # The first process runs on glibc's malloc.
   command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
              '--config.num_train_steps=4', '--config.eval_every_steps=4']
 
@@ -74,7 +69,8 @@ def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once
 
 
 def test_compilation_cache_off_writes_nothing(tmp_path):
-  env = _without_cache_overrides(dict(os.environ, DL10_CACHE_DIR=str(tmp_path / 'root')))
+  env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
+  env['DL10_CACHE_DIR'] = str(tmp_path / 'root')
   result = subprocess.run(
       [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
        '--config.num_train_steps=2', '--config.compilation_cache_dir=off',
