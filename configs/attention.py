@@ -18,10 +18,11 @@ import ml_collections
 from dl10_jax import config_lib
 
 KINDS = ('soft', 'reinforce', 'gumbel', 'topk')
+VARIANTS = KINDS + ('clutter', 'smoke')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, KINDS + ('clutter', 'smoke'))
+  args = config_lib.parse_arg(arg, VARIANTS)
   kinds = sorted(args & set(KINDS))
   if len(kinds) > 1:
     raise ValueError(f'choose one kind of attention: {", ".join(KINDS)}')

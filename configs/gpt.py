@@ -20,9 +20,9 @@ Variants (comma-separated, e.g. `:bpe,smoke`):
 
 import ml_collections
 
-from dl10_jax import config_lib, sweeps
-from dl10_jax.models import gpt
+from dl10_jax import config_lib, config_recipes, sweeps
 
+VARIANTS = ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune')
 # What `python -m dl10_jax.sweep` compares the points by: validation nats per token (per
 # character with the char tokenizer), lower is better.
 SWEEP_METRIC = 'eval_loss'
@@ -30,16 +30,17 @@ SWEEP_MODE = 'min'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune'))
-  config = config_lib.base_config()
-  config.objective = 'language_model'
-  config.dataset = config_lib.language_model_dataset('shakespeare_char')
-  block_size = ml_collections.FieldReference(128)
-  config.dataset.block_size = block_size
-  config.model = ml_collections.ConfigDict({
+  args = config_lib.parse_arg(arg, VARIANTS)
+  variants = {'large': _large, 'mini': _mini, 'bpe': _bpe, 'pretrain': _pretrain,
+              'finetune': _finetune, 'smoke': _smoke}  # In this order: smoke shrinks the rest.
+  return config_lib.apply_variants(_recipe(), args, variants)
+
+
+def _model(block_size: ml_collections.FieldReference) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
       'name': 'gpt',
       'vocab_size': -1,  # From the tokenizer.
-      'block_size': block_size,  # The same reference: overriding either changes both.
+      'block_size': block_size,  # The dataset's reference: overriding either changes both.
       'num_layers': 4,
       'width': 128,
       'num_heads': 4,
@@ -49,6 +50,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'dropout_rate': 0.0,  # Short runs on 4.4 M characters do not overfit.
       'attention_impl': 'auto',  # CPU: blocked causal attention; GPU: cuDNN for bf16.
   })
+
+
+def _recipe() -> ml_collections.ConfigDict:
+  """The 15-minute `make run` config."""
+  config = config_lib.base_config()
+  config.objective = 'language_model'
+  config.dataset = config_lib.language_model_dataset('shakespeare_char')
+  block_size = ml_collections.FieldReference(128)
+  config.dataset.block_size = block_size
+  config.model = _model(block_size)
   # Small and fast wins a 15-minute budget on 2 CPU cores (experiments/gpt/README.md: at equal
   # wall time 4 x 128 beat 4 x 192, 4 x 256 and 6 x 128).
   config.batch_size = 32
@@ -66,44 +77,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = 750
   config.checkpoint_every_steps = 750
-
-  if 'large' in args:  # 60 minutes: wider, 2.5 x the steps.
-    config.model.update(width=192, num_heads=4)
-    config.learning_rate = 2e-3
-    config.warmup_steps = 200
-    # 0.93 s/step with rotary positions on 2 CPU cores: 3,600 steps and 4 evals fit 60 minutes.
-    config.num_train_steps = 3600
-    config.eval_every_steps = 900
-    config.checkpoint_every_steps = 900
-  if 'mini' in args:  # The benchmark size (scripts/benchmark.py): 10.8 M parameters.
-    config.model.update(gpt.SIZES['mini'])
-    block_size.set(256)
-    config.batch_size = 16
-    config.learning_rate = 1e-3
-  if 'bpe' in args:
-    config.dataset.tokenizer = 'bpe'
-    config.dataset.vocab_size = 1024
-  if 'pretrain' in args:
-    config.dataset.exclude_plays = 'a-midsummer-night-s-dream'
-  if 'finetune' in args:
-    config.dataset.genres = 'comedies'
-    config.learning_rate /= 10
-    config.warmup_steps = 50
-    config.num_train_steps = 1000
-    config.eval_every_steps = 250
-  if 'smoke' in args:
-    config.model.update(num_layers=2, width=32, num_heads=2)
-    block_size.set(32)
-    config.dataset.num_eval_examples = 64
-    config.batch_size = 16
-    config.eval_batch_size = 32
-    config.warmup_steps = 5
-    config.num_train_steps = 20
-    config.log_every_steps = 5
-    config.eval_every_steps = 10
-    config.checkpoint_every_steps = 10
-    config.progress_bar = False
   return config
+
+
+def _large(config: ml_collections.ConfigDict) -> None:
+  """60 minutes: wider, 2.5 x the steps."""
+  config.model.update(width=192, num_heads=4)
+  config.learning_rate = 2e-3
+  config.warmup_steps = 200
+  # 0.93 s/step with rotary positions on 2 CPU cores: 3,600 steps and 4 evals fit 60 minutes.
+  config.num_train_steps = 3600
+  config.eval_every_steps = 900
+  config.checkpoint_every_steps = 900
+
+
+def _mini(config: ml_collections.ConfigDict) -> None:
+  """The benchmark size (scripts/benchmark.py): 10.8 M parameters."""
+  config.model.update(config_recipes.GPT_SIZES['mini'])
+  config.dataset.block_size = 256  # The model's too: one reference.
+  config.batch_size = 16
+  config.learning_rate = 1e-3
+
+
+def _bpe(config: ml_collections.ConfigDict) -> None:
+  config.dataset.tokenizer = 'bpe'
+  config.dataset.vocab_size = 1024
+
+
+def _pretrain(config: ml_collections.ConfigDict) -> None:
+  config.dataset.exclude_plays = 'a-midsummer-night-s-dream'
+
+
+def _finetune(config: ml_collections.ConfigDict) -> None:
+  config.dataset.genres = 'comedies'
+  config.learning_rate /= 10
+  config.warmup_steps = 50
+  config.num_train_steps = 1000
+  config.eval_every_steps = 250
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  config.model.update(num_layers=2, width=32, num_heads=2)
+  config.dataset.update(block_size=32, num_eval_examples=64)
+  config.update(batch_size=16, eval_batch_size=32, warmup_steps=5, num_train_steps=20,
+                log_every_steps=5, eval_every_steps=10, checkpoint_every_steps=10,
+                progress_bar=False)
 
 
 def get_sweep() -> list[dict]:

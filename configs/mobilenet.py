@@ -2,8 +2,9 @@
 
 MobileNetV1 (default), MobileNetV2 or ShuffleNetV2 (`dl10_jax/models/mobilenet.py`) in their
 small-input form (fewer early strides for 28x28), trained exactly as configs/resnet.py trains
-ResNet-20 (SGD + Nesterov, L2 on kernels, warmup + cosine, crops and flips, whole-batch BN), so the
-accuracy-vs-MACs table compares architectures, not recipes (experiments/lightweight/).
+ResNet-20 (SGD + Nesterov, L2 on kernels, warmup + cosine, crops and flips, whole-batch BN; one
+recipe, dl10_jax/config_recipes.py), so the accuracy-vs-MACs table compares architectures, not
+recipes (experiments/lightweight/).
 
   python -m dl10_jax.main --config configs/mobilenet.py --workdir runs/mobilenet_v1
   python -m dl10_jax.main --config configs/mobilenet.py:v2 --workdir runs/mobilenet_v2
@@ -16,19 +17,19 @@ Variants (comma-separated): v1 (default) | v2 | shufflenet; smoke (seconds). Wid
 
 import ml_collections
 
-from configs import resnet
-from dl10_jax import config_lib
+from dl10_jax import config_lib, config_recipes
 
 MODELS = {'v1': 'mobilenet_v1', 'v2': 'mobilenet_v2', 'shufflenet': 'shufflenet_v2'}
+VARIANTS = tuple(MODELS) + ('smoke',)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, tuple(MODELS) + ('smoke',))
+  args = config_lib.parse_arg(arg, VARIANTS)
   chosen = sorted(args & set(MODELS))
   if len(chosen) > 1:
     raise ValueError(f'choose one model of {", ".join(MODELS)}, not {", ".join(chosen)}')
   family = chosen[0] if chosen else 'v1'
-  config = resnet.get_config('smoke' if 'smoke' in args else None)
+  config = config_recipes.image_classifier('smoke' in args)  # ResNet-20's (configs/resnet.py).
   config.model = ml_collections.ConfigDict({
       'name': MODELS[family],
       'num_classes': -1,

@@ -10,57 +10,18 @@ layer's states over time (reading the final state alone stays near chance: exper
   python -m dl10_jax.main --config configs/rnn.py:smoke --workdir /tmp/rnn_smoke
 
 `lm` is the LSTM language model of configs/lstm.py with an Elman RNN cell, for the RNN vs LSTM
-table; `smoke` combines with it (`:lm,smoke`).
+table; `smoke` combines with it (`:lm,smoke`). Both recipes are shared with configs/lstm.py and
+live in dl10_jax/config_recipes.py.
 """
 
 import ml_collections
 
-from dl10_jax import config_lib
+from dl10_jax import config_lib, config_recipes
+
+VARIANTS = ('smoke', 'lm')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, ('smoke', 'lm'))
-  if 'lm' in args:
-    from configs import lstm
-    config = lstm.get_config(','.join(sorted(args - {'lm'})))
-    config.model.cell = 'rnn'
-    return config
-
-  config = config_lib.base_config()
-  config.dataset = config_lib.text_classification_dataset('shakespeare_genre')
-  config.model = ml_collections.ConfigDict({
-      'name': 'recurrent_classifier',
-      'cell': 'rnn',
-      'num_classes': -1,  # From the data (6 genres).
-      'vocab_size': -1,  # From the tokenizer.
-      'embed_dim': 128,
-      'hidden_size': 128,
-      'num_layers': 2,
-      'bidirectional': False,
-      'pooling': 'mean',
-      'dropout_rate': 0.2,
-      'lstm_impl': 'xla',  # xla | pallas | auto (dl10_jax/models/recurrent.py)
-      'lstm_blocks': (),  # The Pallas LSTM's (batch,) or (batch, time) blocks; () picks them.
-  })
-  config.batch_size = 64
-  config.eval_batch_size = 256
-  config.optimizer = 'adam'
-  config.learning_rate = 1e-3
-  config.schedule = 'cosine'
-  config.grad_clip_norm = 1.0
-  config.num_epochs = 10
-  config.log_every_steps = 50
-
-  if 'smoke' in args:
-    config.dataset.num_train_examples = 256
-    config.dataset.num_eval_examples = 128
-    config.dataset.max_len = 64
-    config.model.hidden_size = 32
-    config.model.embed_dim = 16
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_epochs = 2
-    config.log_every_steps = 4
-    config.checkpoint_every_steps = 8
-    config.progress_bar = False
-  return config
+  args = config_lib.parse_arg(arg, VARIANTS)
+  recipe = config_recipes.recurrent_lm if 'lm' in args else config_recipes.genre_classifier
+  return recipe('rnn', smoke='smoke' in args)

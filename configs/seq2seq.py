@@ -14,23 +14,30 @@ Decoding is greedy; --config.beam_size=4 (with --config.length_penalty) uses bea
 import ml_collections
 
 from dl10_jax import config_lib
-from dl10_jax.data import algorithmic
 
 TASKS = ('reverse', 'sort', 'add')
 POSITIONS = ('sinusoidal', 'learned', 'rotary')
+VARIANTS = TASKS + POSITIONS + ('smoke',)
+# PAD, BOS, EOS, PLUS and the 10 digits: dl10_jax/data/algorithmic.py's VOCAB_SIZE (a test checks
+# they agree; the config does not import the data code).
+VOCAB_SIZE = 14
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, TASKS + POSITIONS + ('smoke',))
+  args = config_lib.parse_arg(arg, VARIANTS)
   tasks, positions = sorted(args & set(TASKS)), sorted(args & set(POSITIONS))
   if len(tasks) > 1 or len(positions) > 1:
     raise ValueError(f'choose one task ({", ".join(TASKS)}) and one position encoding '
                      f'({", ".join(POSITIONS)})')
-  task = tasks[0] if tasks else 'reverse'
+  config = _recipe(tasks[0] if tasks else 'reverse', positions[0] if positions else 'sinusoidal')
+  if 'smoke' in args:
+    _smoke(config)
+  return config
+
+
+def _dataset(task: str) -> ml_collections.ConfigDict:
   max_len = 8 if task == 'add' else 16  # Digits per operand (add) or per sequence.
-  config = config_lib.base_config()
-  config.objective = 'seq2seq'
-  config.dataset = ml_collections.ConfigDict({
+  return ml_collections.ConfigDict({
       'name': 'algorithmic',
       'task': task,
       'min_len': 1,
@@ -46,19 +53,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'num_eval_examples': -1,
       'prefetch': 2,
   })
-  config.model = ml_collections.ConfigDict({
+
+
+def _model(positions: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
       'name': 'encoder_decoder',
-      'vocab_size': algorithmic.VOCAB_SIZE,
+      'vocab_size': VOCAB_SIZE,
       'num_layers': 2,
       'width': 128,
       'num_heads': 4,
       'mlp_ratio': 4,
       'max_len': 64,  # Learned positions: covers the longest eval sequences (2x).
-      'positions': positions[0] if positions else 'sinusoidal',
+      'positions': positions,
       'dropout_rate': 0.0,
       'score': 'dot',
       'attention_impl': 'auto',
   })
+
+
+def _recipe(task: str, positions: str) -> ml_collections.ConfigDict:
+  config = config_lib.base_config()
+  config.objective = 'seq2seq'
+  config.dataset = _dataset(task)
+  config.model = _model(positions)
   config.beam_size = 1  # 1: greedy decoding in eval.
   config.length_penalty = 0.6  # Beam search: GNMT's alpha.
   config.batch_size = 64
@@ -73,16 +90,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 1000
-
-  if 'smoke' in args:
-    config.model.update(num_layers=1, width=32, num_heads=2)
-    config.dataset.update(max_len=6, eval_lengths=(9, 12), eval_size=32)
-    config.batch_size = 32
-    config.eval_batch_size = 32
-    config.warmup_steps = 2
-    config.num_train_steps = 16
-    config.log_every_steps = 4
-    config.eval_every_steps = 8
-    config.checkpoint_every_steps = 8
-    config.progress_bar = False
   return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  config.model.update(num_layers=1, width=32, num_heads=2)
+  config.dataset.update(max_len=6, eval_lengths=(9, 12), eval_size=32)
+  config.update(batch_size=32, eval_batch_size=32, warmup_steps=2, num_train_steps=16,
+                log_every_steps=4, eval_every_steps=8, checkpoint_every_steps=8,
+                progress_bar=False)

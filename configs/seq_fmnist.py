@@ -14,9 +14,10 @@ import ml_collections
 
 from dl10_jax import config_lib
 
+VARIANTS = ('lstm', 'rnn', 'pixels', 'smoke')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, ('lstm', 'rnn', 'pixels', 'smoke'))
+  args = config_lib.parse_arg(arg, VARIANTS)
   if {'lstm', 'rnn'} <= args:
     raise ValueError('choose one cell: lstm or rnn')
   config = config_lib.base_config()

@@ -15,9 +15,10 @@ import ml_collections
 
 from dl10_jax import config_lib
 
+VARIANTS = ('smoke', 'seq_fmnist')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, ('smoke', 'seq_fmnist'))
+  args = config_lib.parse_arg(arg, VARIANTS)
   config = config_lib.base_config()
   config.model = ml_collections.ConfigDict({
       'name': 'transformer_classifier',

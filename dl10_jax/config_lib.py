@@ -8,6 +8,7 @@ one line naming it instead of a traceback deep inside JAX.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import ml_collections
 
@@ -98,6 +99,30 @@ def parse_arg(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
       raise ValueError(f'unknown config argument {word!r}; allowed: {", ".join(allowed)} '
                        '(comma-separated)')
   return words
+
+
+def apply_variants(config: ml_collections.ConfigDict, words: set[str],
+                   variants: dict[str, Callable[[ml_collections.ConfigDict], None]]
+                   ) -> ml_collections.ConfigDict:
+  """Runs the modifier of each chosen word on `config`, in the order of `variants`, so that a
+  config lists its variants as data and the order they compose in (smoke last) is written once."""
+  for word, modify in variants.items():
+    if word in words:
+      modify(config)
+  return config
+
+
+def unknown_field(config: ml_collections.ConfigDict, key: str) -> tuple[str, str] | None:
+  """For a dotted `key` that is no field of `config`: its first unknown part ('model.depth') and
+  the fields there are ('fields of config.model: ...'), for one-line override errors."""
+  node, path = config, key.split('.')
+  for depth, part in enumerate(path):
+    if not hasattr(node, 'keys') or part not in node:
+      where = '.'.join(['config'] + path[:depth])
+      allowed = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a sub-config)'
+      return '.'.join(path[:depth + 1]), f'fields of {where}: {allowed}'
+    node = node[part]
+  return None
 
 
 def language_model_dataset(name: str = 'shakespeare_char') -> ml_collections.ConfigDict:

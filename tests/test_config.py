@@ -1,15 +1,17 @@
 """Config validation: derived step counts, and bad values failing with a message naming them."""
 
-import importlib.util
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import pytest
 
-from dl10_jax import config_lib
+from dl10_jax import cli, config_lib
+from dl10_jax.data import algorithmic
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import sharding
-from configs import cnn
+from configs import cnn, seq2seq
 from conftest import ROOT
 
 
@@ -53,7 +55,39 @@ def test_mesh_uses_every_device_by_default():
 @pytest.mark.parametrize('path', sorted(p.name for p in (ROOT / 'configs').glob('[!_]*.py')))
 def test_every_config_has_the_three_mesh_axes(path):
   """So that --config.mesh.fsdp=4 or .tensor=2 works on any config."""
-  spec = importlib.util.spec_from_file_location('config_under_test', ROOT / 'configs' / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  assert dict(module.get_config().mesh) == {'data': -1, 'fsdp': 1, 'tensor': 1}
+  _, config = cli.load_config(str(ROOT / 'configs' / path))
+  assert dict(config.mesh) == {'data': -1, 'fsdp': 1, 'tensor': 1}
+
+
+_LOAD_EVERY_CONFIG = """
+import pathlib, sys
+from dl10_jax import cli
+for path in sorted(pathlib.Path('configs').glob('[!_]*.py')):
+  module, _ = cli.load_config(str(path))
+  for arg in getattr(module, 'VARIANTS', ()):
+    cli.load_config(f'{path}:{arg}')
+print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'configs') or
+                      m.startswith(('dl10_jax.models', 'dl10_jax.data', 'dl10_jax.train')))))
+"""
+
+
+def test_configs_are_data_loading_every_variant_imports_no_jax_model_or_other_config():
+  """main, sweeps and tests load configs before (or without) any JAX work; loading one must stay
+  cheap. A config reads shared recipes from dl10_jax/config_recipes.py, never from another config
+  or from model or data code."""
+  result = subprocess.run([sys.executable, '-c', _LOAD_EVERY_CONFIG], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == []
+
+
+def test_seq2seq_vocabulary_is_the_algorithmic_data_s():
+  assert seq2seq.get_config().model.vocab_size == seq2seq.VOCAB_SIZE == algorithmic.VOCAB_SIZE
+
+
+def test_gpt_block_size_is_one_field_of_model_and_dataset():
+  from configs import gpt
+  config = gpt.get_config('mini')
+  assert config.model.block_size == config.dataset.block_size == 256
+  config.dataset.block_size = 64
+  assert config.model.block_size == 64

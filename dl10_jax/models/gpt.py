@@ -19,17 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dl10_jax.config_recipes import GPT_SIZES as SIZES  # Named sizes, where configs read them.
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import attention
 
 POSITIONS = ('learned', 'rotary')
-# Named sizes: (num_layers, width, num_heads). 'gpt2' is GPT-2 small (124M with vocab 50,257).
-SIZES = {
-    'baby': dict(num_layers=4, width=128, num_heads=4),  # ~0.8 M parameters at char level.
-    'mini': dict(num_layers=6, width=384, num_heads=6),  # 10.8 M.
-    'gpt2': dict(num_layers=12, width=768, num_heads=12),
-    'gpt2-medium': dict(num_layers=24, width=1024, num_heads=16),
-}
 Cache = list[dict[str, jax.Array]]  # Per layer {'k', 'v'}: [B, max_len, H, D].
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 
 Point = dict[str, Any]
@@ -85,15 +86,9 @@ def check_points(points: Any, source: str) -> list[Point]:
 def check_fields(config: ml_collections.ConfigDict, keys: list[str], source: str) -> None:
   """Raises a ConfigError naming the first dotted key that is no field of `config`."""
   for key in keys:
-    node = config
-    path = key.split('.')
-    for depth, part in enumerate(path):
-      if not hasattr(node, 'keys') or part not in node:
-        where = '.'.join(['config'] + path[:depth])
-        allowed = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a sub-config)'
-        raise ConfigError(f'{source} overrides unknown field {".".join(path[:depth + 1])!r}; '
-                          f'fields of {where}: {allowed}')
-      node = node[part]
+    unknown = config_lib.unknown_field(config, key)
+    if unknown:
+      raise ConfigError(f'{source} overrides unknown field {unknown[0]!r}; {unknown[1]}')
 
 
 def format_value(value: Any) -> str:
