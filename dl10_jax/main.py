@@ -9,16 +9,12 @@ allowed (exit code 2), not a traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dl10_jax import runtime
-from dl10_jax.errors import UserError
+from dl10_jax import cli, config_lib, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/cnn.py (configs/cnn.py:smoke passes '
@@ -36,34 +32,14 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _load_config(config_arg: str) -> Any:
-  """Loads `path[:arg]` the way config_flags does, to explain a failed override."""
-  path, _, arg = config_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('_dl10_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _explain_override(argv: list[str], config_arg: str) -> str | None:
   """Names the first --config.a.b override whose path does not exist in the config."""
-  config = _load_config(config_arg)
+  _, config = cli.load_config(config_arg)
   for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    path = arg[len('--config.'):].split('=', 1)[0].split('.')
-    node = config
-    for depth, key in enumerate(path):
-      if not hasattr(node, 'keys') or key not in node:
-        where = '.'.join(['config'] + path[:depth])
-        allowed = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a sub-config)'
-        return f'unknown field {".".join(path[:depth + 1])!r} in {arg}; fields of {where}: {allowed}'
-      node = node[key]
+    if arg.startswith('--config.'):
+      unknown = config_lib.unknown_field(config, arg[len('--config.'):].split('=', 1)[0])
+      if unknown:
+        return f'unknown field {unknown[0]!r} in {arg}; {unknown[1]}'
   return None
 
 
@@ -73,27 +49,21 @@ def parse_flags(argv: list[str]) -> list[str]:
   if config_arg is None and '--config' in argv[:-1]:
     config_arg = argv[argv.index('--config') + 1]
   if config_arg is not None:
-    path = config_arg.split(':', 1)[0]
-    if not os.path.isfile(path):
-      _fail(f'config file {path!r} not found; pass an existing file such as configs/cnn.py')
+    with cli.one_line_errors():
+      cli.check_config_file(config_arg)
   try:
-    return flags.FLAGS(argv)
-  except SystemExit:  # absl exits 1 after printing --help; asking for help is no failure.
-    if any(a in ('-h', '-?', '--help', '--helpshort', '--helpfull') for a in argv):
-      sys.exit(0)
-    raise
+    return cli.parse_absl_flags(argv)
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    _fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')  # The config's own error.
+    cli.fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')  # The config's own error.
   except (AttributeError, KeyError) as e:  # ml_collections: an override names an absent field.
     try:
       explanation = _explain_override(argv, config_arg)
     except Exception:  # The config file itself is broken: report the original error.
       explanation = None
-    _fail(explanation or f'cannot load config {config_arg!r}: {type(e).__name__}: {e}')
+    cli.fail(explanation or cli.cannot_load(config_arg, e))
   except Exception as e:  # A config file that does not import or has no get_config().
-    _fail(f'cannot load config {config_arg!r}: {type(e).__name__}: {e}')
-  return []
+    cli.fail(cli.cannot_load(config_arg, e))
 
 
 def _distributed_requested() -> bool:
@@ -111,9 +81,9 @@ def _initialize_distributed() -> None:
   given = {k: v for k, v in explicit.items() if v is not None}
   if given and len(given) < 3:
     missing = ', '.join(f'--{k}' for k in explicit if k not in given)
-    _fail(f'--coordinator_address, --num_processes and --process_id go together; missing {missing}')
+    cli.fail(f'--coordinator_address, --num_processes and --process_id go together; missing {missing}')
   if given and not 0 <= given['process_id'] < given['num_processes']:
-    _fail(f'--process_id={given["process_id"]} must be in [0, --num_processes='
+    cli.fail(f'--process_id={given["process_id"]} must be in [0, --num_processes='
           f'{given["num_processes"]})')
   # Collectives between CPU processes (tests, CPU clusters) need an implementation; TPU and GPU
   # processes ignore this setting.
@@ -124,20 +94,14 @@ def _initialize_distributed() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; every setting is a --config.field=value override')
-  if not flags.FLAGS['verbosity'].present:  # orbax and XLA log every save at INFO.
-    logging.set_verbosity(logging.WARNING)
+  cli.reject_positional(argv, '; every setting is a --config.field=value override')
+  cli.quiet_logging()
   from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
   if _distributed_requested():
     _initialize_distributed()
   runtime.log_allocator_advice_once()
-  try:
+  with cli.one_line_errors(_WORKDIR.value):
     metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    _fail(str(e))
-  except OSError as e:  # An unusable --workdir (a file, no permission, ...).
-    _fail(f'cannot use --workdir {_WORKDIR.value!r}: {e.strerror or e}')
   logging.info('Final metrics: %s', metrics)
   print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 

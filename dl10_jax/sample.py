@@ -16,14 +16,13 @@ against the test split (this project's Fashion-MNIST classifier, NOT Inception-F
 from __future__ import annotations
 
 import math
-import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 from absl import app, flags, logging
 
-from dl10_jax.errors import UserError
+from dl10_jax import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a trained run.')
 _PROMPT = flags.DEFINE_string('prompt', '\n', 'Text to continue.')
@@ -49,9 +48,24 @@ flags.mark_flag_as_required('workdir')
 GRID_MAX = 256  # Samples shown in the PNG grid (a 16x16 grid at most).
 
 
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+@runtime_checkable
+class ImageGenerator(Protocol):
+  """An objective that draws images itself (gan, diffusion): float32 [N, H, W, C] in [-1, 1],
+  with its own sampler options (`--sampler`, `--steps`, `--eta` pass through where given)."""
+
+  def generate(self, state: Any, rng: Any, num_samples: int, **sampler: Any) -> Any:
+    ...
+
+
+def what_it_samples(objective: type) -> str | None:
+  """'text' for a next-token language model (its model continues --prompt, its data has the
+  tokenizer), 'images' for an ImageGenerator, None for an objective that samples nothing."""
+  from dl10_jax.train.language_model import LanguageModel
+  if issubclass(objective, LanguageModel):
+    return 'text'
+  if issubclass(objective, ImageGenerator):
+    return 'images'
+  return None
 
 
 def _check(checks: tuple[tuple[str, Any, bool, str], ...]) -> None:
@@ -162,32 +176,35 @@ def sample_images(exp: Any, state: Any) -> list[str]:
   return lines
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  import jax
-
+def _check_flags(objective: str) -> str:
+  """What the run samples ('text' or 'images'), with the flags that matter for it checked."""
   from dl10_jax.errors import ConfigError
   from dl10_jax.train import OBJECTIVES
+  cls = OBJECTIVES.get(objective)
+  kind = what_it_samples(cls) if cls else None
+  if kind == 'text':
+    check_text_flags()
+  elif kind == 'images':
+    check_image_flags(_WORKDIR.value)
+  else:
+    samplers = ', '.join(name for name, cls in OBJECTIVES.items() if what_it_samples(cls))
+    raise ConfigError(f'the run in {_WORKDIR.value} has objective {objective!r}; sampling '
+                      f'supports {samplers}')
+  return kind
+
+
+def main(argv: list[str]) -> None:
+  cli.reject_positional(argv)
+  cli.quiet_logging()
+  import jax
+
   from dl10_jax.train.trainer import restore_run, run_config
-  try:
+  with cli.one_line_errors():
     # What the run is decides which flags matter; they are checked before the slow restore.
-    objective = run_config(_WORKDIR.value).objective
-    images = objective != 'language_model' and hasattr(OBJECTIVES.get(objective), 'generate')
-    if objective == 'language_model':
-      check_text_flags()
-    elif images:
-      check_image_flags(_WORKDIR.value)
-    else:
-      raise ConfigError(f'the run in {_WORKDIR.value} has objective {objective!r}; sampling '
-                        'supports language_model and image generators (gan, diffusion)')
+    kind = _check_flags(run_config(_WORKDIR.value).objective)
     exp, state = restore_run(_WORKDIR.value, jax.devices()[:1])
-    lines = sample_images(exp, state) if images else sample_text(exp, state)
-  except UserError as e:
-    _fail(str(e))
-  print('\n'.join(lines) if images else ('\n' + '-' * 40 + '\n').join(lines))
+    lines = sample_images(exp, state) if kind == 'images' else sample_text(exp, state)
+  print('\n'.join(lines) if kind == 'images' else ('\n' + '-' * 40 + '\n').join(lines))
 
 
 if __name__ == '__main__':

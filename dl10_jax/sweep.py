@@ -13,8 +13,6 @@ A mistake ends with one `error:` line (exit code 2); a sweep with failed points 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import pathlib
 import shlex
 import sys
@@ -23,6 +21,7 @@ from typing import Any
 
 from absl import app, flags
 
+from dl10_jax import cli
 from dl10_jax.errors import ConfigError, UserError
 from dl10_jax.sweeps import points as points_lib
 from dl10_jax.sweeps import report, runner
@@ -59,41 +58,25 @@ flags.mark_flags_as_required(['config', 'workdir'])
 _OVERRIDES: list[str] = []  # The --config.field=value arguments, kept out of absl's parsing.
 
 
-def _fail(message: str, code: int = 2) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(code)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with every failure turned into one line."""
   _OVERRIDES[:] = [a for a in argv[1:] if a.startswith('--config.')]
   for arg in _OVERRIDES:
     if '=' not in arg:
-      _fail(f'{arg} has no value; write overrides as --config.field=value')
+      cli.fail(f'{arg} has no value; write overrides as --config.field=value')
   try:
-    return flags.FLAGS([a for a in argv if a not in _OVERRIDES])
-  except SystemExit:  # absl exits 1 after printing --help; asking for help is no failure.
-    if any(a in ('-h', '-?', '--help', '--helpshort', '--helpfull') for a in argv):
-      sys.exit(0)
-    raise
+    return cli.parse_absl_flags([a for a in argv if a not in _OVERRIDES])
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  return []
+    cli.fail(str(e).splitlines()[0])
 
 
 def _load(config_arg: str) -> tuple[ModuleType, Any]:
   """The config module and its get_config(arg), each failure one line."""
-  path, _, arg = config_arg.partition(':')
-  if not os.path.isfile(path):
-    raise ConfigError(f'config file {path!r} not found; pass an existing file such as '
-                      'configs/cnn.py')
+  cli.check_config_file(config_arg)
   try:
-    spec = importlib.util.spec_from_file_location('_dl10_sweep_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, module.get_config(arg) if arg else module.get_config()
+    return cli.load_config(config_arg)
   except Exception as e:  # A config that does not import, has no get_config or rejects arg.
-    raise ConfigError(f'cannot load config {config_arg!r}: {type(e).__name__}: {e}') from None
+    raise ConfigError(cli.cannot_load(config_arg, e)) from None
 
 
 def _spec(module: ModuleType) -> runner.Spec:
@@ -200,21 +183,17 @@ def _optuna(module: ModuleType, config: Any, spec: runner.Spec, workdir: pathlib
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; every setting is a --flag or --config.field=value')
+  cli.reject_positional(argv, '; every setting is a --flag or --config.field=value')
   workdir = pathlib.Path(_WORKDIR.value)
   try:
-    module, config = _load(_CONFIG.value)
-    points_lib.check_fields(config, [a[len('--config.'):].split('=', 1)[0] for a in _OVERRIDES],
-                            'the command line')
-    spec = _spec(module)
-    (_optuna if _SEARCH.value == 'optuna' else _grid)(module, config, spec, workdir)
-  except UserError as e:
-    _fail(str(e))
-  except OSError as e:  # An unusable --workdir (a file, no permission, ...).
-    _fail(f'cannot use --workdir {_WORKDIR.value!r}: {e.strerror or e}')
+    with cli.one_line_errors(_WORKDIR.value):
+      module, config = _load(_CONFIG.value)
+      points_lib.check_fields(config, [a[len('--config.'):].split('=', 1)[0] for a in _OVERRIDES],
+                              'the command line')
+      spec = _spec(module)
+      (_optuna if _SEARCH.value == 'optuna' else _grid)(module, config, spec, workdir)
   except KeyboardInterrupt:
-    _fail('interrupted; the same command resumes the sweep', 130)
+    cli.fail('interrupted; the same command resumes the sweep', 130)
 
 
 if __name__ == '__main__':

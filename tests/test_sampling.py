@@ -33,3 +33,23 @@ def test_greedy_generation_is_the_argmax_chain_and_compiles_once():
     sampling.generate(model, params, jnp.arange(prompt_len, dtype=jnp.int32) % 13,
                       max_new_tokens=6, temperature=0)
   assert sampling._generate._cache_size() == 1
+
+
+def test_what_a_run_samples_follows_its_objective_class():
+  from dl10_jax.sample import ImageGenerator, what_it_samples
+  from dl10_jax.train import OBJECTIVES
+  samples = {name: what_it_samples(cls) for name, cls in OBJECTIVES.items()}
+  assert {name: kind for name, kind in samples.items() if kind} == {
+      'diffusion': 'images', 'gan': 'images', 'language_model': 'text'}
+  assert issubclass(OBJECTIVES['gan'], ImageGenerator)
+  assert not issubclass(OBJECTIVES['classification'], ImageGenerator)
+
+
+def test_a_run_that_samples_nothing_fails_with_one_line(tmp_path):
+  from conftest import run_module
+  (tmp_path / 'config.json').write_text('{"objective": "classification"}')
+  result = run_module('dl10_jax.sample', '--workdir', str(tmp_path), timeout=180)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert lines == [f"error: the run in {tmp_path} has objective 'classification'; sampling "
+                   'supports diffusion, gan, language_model'], result.stderr
