@@ -9,8 +9,8 @@ cymbeline; dl10_jax/data/shakespeare.py). Results: experiments/lstm/README.md.
   python -m dl10_jax.main --config configs/lstm.py:smoke --workdir /tmp/lstm_smoke   # seconds
 
 `genre` trains the LSTM classifier of the RNN's genre task (configs/rnn.py) for the RNN vs LSTM
-table; `smoke` combines with it (`:genre,smoke`). Both recipes are shared with configs/rnn.py and
-live in dl10_jax/config_recipes.py.
+table; `smoke` combines with it (`:genre,smoke`). The two recipes, each run with either cell, are
+in dl10_jax/config_recipes.py.
 """
 
 import ml_collections

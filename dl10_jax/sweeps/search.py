@@ -113,13 +113,24 @@ def run_search(spec: Spec, workdir: pathlib.Path, get_search: Callable[[Any], An
   `check(overrides)` validates what get_search returned (a UserError stops the worker).
   """
   optuna = import_optuna()
+  from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+  retry = RetryHeartbeatStaleTrialCallback(max_retry=opts.max_retry)
+  study = _open_study(optuna, spec, workdir, opts, retry)
+  summary = report.Summary(workdir, spec, f'Optuna study {opts.study_name!r}: {spec.config}')
+  _Worker(optuna, study, retry, spec, workdir, get_search, check, opts).run(summary)
+  summary.write(rows(study, spec), last=True)
+  return rows(study, spec)
+
+
+def _open_study(optuna: Any, spec: Spec, workdir: pathlib.Path, opts: Options,
+                retry: Any) -> Any:
+  """The study in `opts.storage`, created by the first worker, loaded by the others."""
   import sqlalchemy.exc
-  from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-  from optuna.trial import TrialState
+  from optuna.storages import RDBStorage
 
   url = storage_url(opts, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  retry = RetryHeartbeatStaleTrialCallback(max_retry=opts.max_retry)
   direction = 'minimize' if spec.mode == 'min' else 'maximize'
   for attempt in range(5):  # Workers that start together race to create the tables (optuna#1092).
     try:
@@ -142,18 +153,55 @@ def run_search(spec: Spec, workdir: pathlib.Path, get_search: Callable[[Any], An
   if created != direction:
     raise UserError(f'study {opts.study_name!r} in {url} was created to {created} its metric, not '
                     f'to {direction} {spec.metric}; use another --study_name')
-  summary = report.Summary(workdir, spec, f'Optuna study {opts.study_name!r}: {spec.config}')
-  current: list[int] = []  # The number of the trial this worker runs.
+  return study
 
-  def objective(trial: Any) -> float:
-    current[:] = [trial.number]
-    overrides = check(get_search(trial))
-    trials = study.get_trials(deepcopy=False)
-    history = retry.retry_history(next(t for t in trials if t.number == trial.number))
-    if not history and len([t for t in _claimed(trials) if t.number < trial.number]) >= opts.trials:
-      # Another worker claimed the last trial at the same moment: this one is not run.
-      trial.set_user_attr('surplus', True)
-      raise optuna.TrialPruned(f'surplus: the study already has {opts.trials} trials')
+
+class _Worker:
+  """One worker of a study: runs its trials, one sweep point each, until the study has enough."""
+
+  def __init__(self, optuna: Any, study: Any, retry: Any, spec: Spec, workdir: pathlib.Path,
+               get_search: Callable[[Any], Any], check: Callable[[Any], dict[str, Any]],
+               opts: Options):
+    self.optuna, self.study, self.retry, self.spec, self.workdir = (optuna, study, retry, spec,
+                                                                    workdir)
+    self.get_search, self.check, self.opts = get_search, check, opts
+    self.current: int | None = None  # The number of the trial this worker runs.
+
+  def run(self, summary: report.Summary) -> None:
+    """Loops: fail the lost trials (Optuna queues a retry of each), stop once the study has its
+    trials and none is left running or waiting, else run one trial."""
+    from optuna.trial import TrialState
+    waiting_said = False
+    try:
+      while True:
+        self.optuna.storages.fail_stale_trials(self.study)
+        trials = self.study.get_trials(deepcopy=False)
+        states = {t.state for t in trials}
+        if len(_claimed(trials)) >= self.opts.trials and TrialState.WAITING not in states:
+          if TrialState.RUNNING not in states:
+            break
+          if not waiting_said:  # Stay: a worker that dies leaves a trial to take over.
+            print('all trials claimed; waiting for the running ones (a lost one is retried here)',
+                  flush=True)
+            waiting_said = True
+          time.sleep(self.opts.heartbeat_interval)
+          continue
+        self.current = None
+        self.study.optimize(self.objective, n_trials=1, catch=(PointFailed,),
+                            gc_after_trial=False)
+        summary.write(rows(self.study, self.spec))
+    except KeyboardInterrupt:  # Queue the interrupted trial again, as a lost one would be.
+      frozen = [t for t in self.study.get_trials(deepcopy=False) if t.number == self.current]
+      if frozen and frozen[0].state == TrialState.FAIL:
+        self.retry(self.study, frozen[0])
+        print(f'interrupted: trial {self.current} is queued again', flush=True)
+      raise
+
+  def objective(self, trial: Any) -> float:
+    """One trial: its overrides run as a sweep point; the value is the run's final metric."""
+    self.current = trial.number
+    overrides = self.check(self.get_search(trial))
+    history = self._claim(trial)
     name = point_name(dict(sorted(trial.params.items())))
     trial.set_user_attr('point', name)
     reported: set[int] = set()
@@ -164,45 +212,34 @@ def run_search(spec: Spec, workdir: pathlib.Path, get_search: Callable[[Any], An
         trial.report(value, step)
       return trial.should_prune()
 
-    point = SweepPoint(name, overrides, workdir / name)
-    check_finished(spec, [point])  # A finished run of these parameters is reused, if it fits.
-    record = run_point(spec, point, on_eval)
+    point = SweepPoint(name, overrides, self.workdir / name)
+    check_finished(self.spec, [point])  # A finished run of these parameters is reused, if it fits.
+    record = run_point(self.spec, point, on_eval)
     trial.set_user_attr('final', record['final'])
     trial.set_user_attr('wall_s', record['wall_s'])
     print(f'trial {trial.number}{f" (retry of {history[0]})" if history else ""} {name}: '
-          f'{describe(record, spec.metric)}', flush=True)
+          f'{describe(record, self.spec.metric)}', flush=True)
+    return self._value(trial, record, max(reported, default=0))
+
+  def _claim(self, trial: Any) -> list[int]:
+    """The trials `trial` retries; a new trial past the study's count is pruned unrun."""
+    trials = self.study.get_trials(deepcopy=False)
+    history = self.retry.retry_history(next(t for t in trials if t.number == trial.number))
+    if not history and (len([t for t in _claimed(trials) if t.number < trial.number]) >=
+                        self.opts.trials):
+      # Another worker claimed the last trial at the same moment: this one is not run.
+      trial.set_user_attr('surplus', True)
+      raise self.optuna.TrialPruned(f'surplus: the study already has {self.opts.trials} trials')
+    return history
+
+  def _value(self, trial: Any, record: dict[str, Any], last_step: int) -> float:
+    """The metric of a finished run; a pruned or failed run raises."""
+    metric = self.spec.metric
     if record['status'] == 'pruned':
-      raise optuna.TrialPruned(f'pruned at step {max(reported, default=0)}')
-    if record['status'] != 'done' or spec.metric not in record['final']:
-      error = record['error'] or (f'the run logged no {spec.metric}; logged: '
+      raise self.optuna.TrialPruned(f'pruned at step {last_step}')
+    if record['status'] != 'done' or metric not in record['final']:
+      error = record['error'] or (f'the run logged no {metric}; logged: '
                                   f'{", ".join(record["final"]) or "nothing"}')
       trial.set_user_attr('error', error)
       raise PointFailed(error)
-    return record['final'][spec.metric]
-
-  waiting_said = False
-  try:
-    while True:
-      optuna.storages.fail_stale_trials(study)  # Lost trials -> FAIL + a WAITING retry.
-      trials = study.get_trials(deepcopy=False)
-      states = {t.state for t in trials}
-      if len(_claimed(trials)) >= opts.trials and TrialState.WAITING not in states:
-        if TrialState.RUNNING not in states:
-          break
-        if not waiting_said:  # Stay: a worker that dies leaves a trial to take over.
-          print('all trials claimed; waiting for the running ones (a lost one is retried here)',
-                flush=True)
-          waiting_said = True
-        time.sleep(opts.heartbeat_interval)
-        continue
-      current.clear()
-      study.optimize(objective, n_trials=1, catch=(PointFailed,), gc_after_trial=False)
-      summary.write(rows(study, spec))
-  except KeyboardInterrupt:  # Queue the interrupted trial again, as a lost one would be.
-    frozen = [t for t in study.get_trials(deepcopy=False) if t.number in current]
-    if frozen and frozen[0].state == TrialState.FAIL:
-      retry(study, frozen[0])
-      print(f'interrupted: trial {current[0]} is queued again', flush=True)
-    raise
-  summary.write(rows(study, spec), last=True)
-  return rows(study, spec)
+    return record['final'][metric]
