@@ -48,22 +48,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   config.batch_size = 64
   config.eval_batch_size = 512
-  config.num_epochs = 5  # Inside the 30 minutes on 2 CPU cores (experiments/attention).
+  config.num_epochs = 5  # Inside a 30-minute budget on 2 CPU cores (experiments/attention).
   config.optimizer = 'adam'
   config.learning_rate = 1e-3
   config.schedule = 'cosine'
   config.log_every_steps = 100
   config.eval_every_steps = 300  # Often enough to read the steps to 80 %.
-
   if 'smoke' in args:
-    config.dataset.num_train_examples = 256
-    config.dataset.num_eval_examples = 128
-    config.model.update(conv_features=(8, 16, 16), width=16, hidden=32, anneal_steps=8)
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_epochs = 1
-    config.log_every_steps = 4
-    config.eval_every_steps = -1
-    config.checkpoint_every_steps = 8
-    config.progress_bar = False
+    _smoke(config)
   return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  config.dataset.update(num_train_examples=256, num_eval_examples=128)
+  config.model.update(conv_features=(8, 16, 16), width=16, hidden=32, anneal_steps=8)
+  config.update(batch_size=32, eval_batch_size=64, num_epochs=1, log_every_steps=4,
+                eval_every_steps=-1, checkpoint_every_steps=8, progress_bar=False)
+

@@ -19,6 +19,18 @@ VARIANTS = ('smoke', 'seq_fmnist')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, VARIANTS)
+  config = _recipe()
+  if 'seq_fmnist' in args:
+    _seq_fmnist(config)
+  else:
+    _genre(config)
+  if 'smoke' in args:
+    _smoke(config)
+  return config
+
+
+def _recipe() -> ml_collections.ConfigDict:
+  """The model and optimizer; the task sets the data."""
   config = config_lib.base_config()
   config.model = ml_collections.ConfigDict({
       'name': 'transformer_classifier',
@@ -42,31 +54,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.warmup_steps = 100
   config.grad_clip_norm = 1.0
   config.log_every_steps = 50
-
-  if 'seq_fmnist' in args:  # The recurrent classifiers' recipe (configs/seq_fmnist.py).
-    config.dataset.name = 'fashion_mnist'
-    config.model.num_classes = 10
-    config.model.vocab_size = 0
-    config.batch_size = 128
-    config.num_epochs = 10
-    config.log_every_steps = 100
-  else:  # The RNN's genre task (configs/rnn.py): word tokens, 0 pads.
-    config.dataset = config_lib.text_classification_dataset('shakespeare_genre')
-    config.batch_size = 64
-    config.eval_batch_size = 256
-    config.num_epochs = 10
-
-  if 'smoke' in args:
-    config.model.update(num_layers=1, width=32, num_heads=2)
-    config.dataset.num_train_examples = 256
-    config.dataset.num_eval_examples = 128
-    if 'seq_fmnist' not in args:
-      config.dataset.max_len = 64
-    config.batch_size = 32
-    config.eval_batch_size = 64
-    config.num_epochs = 2
-    config.warmup_steps = 2
-    config.log_every_steps = 4
-    config.checkpoint_every_steps = 8
-    config.progress_bar = False
   return config
+
+
+def _seq_fmnist(config: ml_collections.ConfigDict) -> None:
+  """The recurrent classifiers' task and recipe (configs/seq_fmnist.py)."""
+  config.dataset.name = 'fashion_mnist'
+  config.model.num_classes = 10
+  config.model.vocab_size = 0
+  config.update(batch_size=128, num_epochs=10, log_every_steps=100)
+
+
+def _genre(config: ml_collections.ConfigDict) -> None:
+  """The RNN's genre task (configs/rnn.py): word tokens, 0 pads."""
+  config.dataset = config_lib.text_classification_dataset('shakespeare_genre')
+  config.update(batch_size=64, eval_batch_size=256, num_epochs=10)
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  config.model.update(num_layers=1, width=32, num_heads=2)
+  config.dataset.update(num_train_examples=256, num_eval_examples=128)
+  if 'max_len' in config.dataset:  # Token passages (the genre task).
+    config.dataset.max_len = 64
+  config.update(batch_size=32, eval_batch_size=64, num_epochs=2, warmup_steps=2,
+                log_every_steps=4, checkpoint_every_steps=8, progress_bar=False)
