@@ -211,35 +211,9 @@ def run_point(spec: Spec, point: SweepPoint,
   point.workdir.mkdir(parents=True, exist_ok=True)
   args = trainer_args(spec, point)
   started, start = datetime.datetime.now().isoformat(timespec='seconds'), time.perf_counter()
-  status, returncode, error = ('pruned' if feed() else ''), None, ''
-  if not status:  # Values of an earlier attempt may already decide the pruning.
-    with open(point.workdir / 'stdout.log', 'ab') as out, \
-         open(point.workdir / 'stderr.log', 'ab') as err:
-      err_offset = err.tell()
-      proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err,
-                              stdin=subprocess.DEVNULL,
-                              preexec_fn=functools.partial(_die_with_parent, os.getpid()))
-      try:
-        while status == '':
-          try:
-            proc.wait(timeout=_POLL_S)
-            status = 'ended'
-          except subprocess.TimeoutExpired:
-            if feed():
-              status = 'pruned'
-            elif stop is not None and stop.is_set():
-              status = 'interrupted'
-        if proc.poll() is None:
-          _stop(proc)
-      except BaseException:  # Ctrl-C or an error of ours: the run must not outlive its sweep.
-        _stop(proc)
-        raise
-    feed()
-    returncode = proc.returncode
-    if status == 'ended':
-      status = 'done' if returncode == 0 else 'failed'
-    if status == 'failed':
-      error = _last_line(point.workdir / 'stderr.log', err_offset) or f'exit code {returncode}'
+  status, returncode, error = 'pruned', None, ''
+  if not feed():  # Values of an earlier attempt may already decide the pruning.
+    status, returncode, error = _run_trainer(args, point.workdir, feed, stop)
   with open(point.workdir / ATTEMPTS, 'a') as f:
     f.write(json.dumps({'started': started, 'wall_s': round(time.perf_counter() - start, 3),
                         'returncode': returncode, 'status': status, 'error': error}) + '\n')
@@ -248,6 +222,40 @@ def run_point(spec: Spec, point: SweepPoint,
     write_atomic(point.workdir / RESULT, json.dumps(
         {'args': args[2:], **{k: v for k, v in record.items() if k != 'curve'}}, indent=2))
   return record
+
+
+def _run_trainer(args: list[str], workdir: pathlib.Path, feed: Callable[[], bool],
+                 stop: threading.Event | None) -> tuple[str, int | None, str]:
+  """Runs the trainer until it ends, `feed()` asks to prune it or `stop` is set; returns the
+  attempt's status (done, failed, pruned, interrupted), exit code and error line."""
+  status = ''
+  with open(workdir / 'stdout.log', 'ab') as out, open(workdir / 'stderr.log', 'ab') as err:
+    err_offset = err.tell()
+    proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err,
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+    try:
+      while status == '':
+        try:
+          proc.wait(timeout=_POLL_S)
+          status = 'ended'
+        except subprocess.TimeoutExpired:
+          if feed():
+            status = 'pruned'
+          elif stop is not None and stop.is_set():
+            status = 'interrupted'
+      if proc.poll() is None:
+        _stop(proc)
+    except BaseException:  # Ctrl-C or an error of ours: the run must not outlive its sweep.
+      _stop(proc)
+      raise
+  feed()
+  if status == 'ended':
+    status = 'done' if proc.returncode == 0 else 'failed'
+  error = ''
+  if status == 'failed':
+    error = _last_line(workdir / 'stderr.log', err_offset) or f'exit code {proc.returncode}'
+  return status, proc.returncode, error
 
 
 def describe(record: dict[str, Any], metric: str) -> str:
