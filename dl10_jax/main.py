@@ -81,10 +81,11 @@ def _initialize_distributed() -> None:
   given = {k: v for k, v in explicit.items() if v is not None}
   if given and len(given) < 3:
     missing = ', '.join(f'--{k}' for k in explicit if k not in given)
-    cli.fail(f'--coordinator_address, --num_processes and --process_id go together; missing {missing}')
+    cli.fail('--coordinator_address, --num_processes and --process_id go together; missing '
+             f'{missing}')
   if given and not 0 <= given['process_id'] < given['num_processes']:
     cli.fail(f'--process_id={given["process_id"]} must be in [0, --num_processes='
-          f'{given["num_processes"]})')
+             f'{given["num_processes"]})')
   # Collectives between CPU processes (tests, CPU clusters) need an implementation; TPU and GPU
   # processes ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
