@@ -19,7 +19,7 @@ from conftest import ROOT, cached_compile_env, kill_after_checkpoint, metric_eve
 from configs import diffusion as diffusion_config
 from dl10_jax.errors import ConfigError
 from dl10_jax import models
-from dl10_jax.models import diffusion
+from dl10_jax.models import diffusion_process as diffusion
 from dl10_jax.models.unet import UNet, timestep_embedding
 from dl10_jax.train import image_quality, sharding
 from dl10_jax.train.trainer import (build_experiment, evaluate, restore_run,
