@@ -9,7 +9,7 @@ recognisable samples score high; an Inception-Score-like signal), and `class_his
 max/min frequency of their predicted classes (1 is balanced; mode collapse makes it large).
 
 The classifier (models/quality_net.py) is trained once, seeded, by the shared loop with
-configs/quality_classifier.py (89.4 % test accuracy; 2-5 minutes on 2 CPU cores), and cached in
+configs/quality_classifier.py (89.3 % test accuracy; 2-5 minutes on 2 CPU cores), and cached in
 $DL10_CACHE_DIR or ~/.cache/dl10_jax, under quality_classifier_v1/ (the weights, info.json, and
 the training run in run/): by the first run or `sample --quality` that needs it, or ahead of time
 with
@@ -226,10 +226,11 @@ def classifier_config(num_steps: int = 1400, batch_size: int = 128, seed: int = 
 
 def train_classifier(cache_dir: str | None = None, num_steps: int = 1400, batch_size: int = 128,
                      seed: int = 0, learning_rate: float = 1e-3) -> dict[str, Any]:
-  """Trains QualityNet on the Fashion-MNIST train split, saves it, returns its info.
+  """Trains QualityNet on the Fashion-MNIST train split (configs/quality_classifier.py through
+  the shared loop), saves its weights and info.json, returns the info.
 
-  The default, 1400 steps of 128 (3 epochs) with Adam and a cosine decay, reached 89.4 % test
-  accuracy (seed 0; 5 minutes on 2 CPU cores shared with other jobs); tests train a weak one in
+  The default, 1400 steps of 128 (3 epochs) with Adam and a cosine decay, reached 89.3 % test
+  accuracy (seed 0; 10 minutes on 2 CPU cores busy with other jobs); tests train a weak one in
   a few dozen steps. The run (checkpoints, metrics.jsonl) is kept in `run/` of the cache
   directory; a retraining starts it afresh.
   """
