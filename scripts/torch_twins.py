@@ -375,7 +375,7 @@ def _lightweight(build):
   return twin
 
 
-# --- DCGAN: models/gan.py, trained as train/adversarial.py. ---
+# --- DCGAN: models/gan.py, trained as train/gan.py. ---
 
 
 def _upsamplings(image_size: int) -> tuple[int, int]:
@@ -445,7 +445,7 @@ def _dcgan(config):
 
 
 def _dcgan_step(config, compile_model: bool = False):
-  """train/adversarial.Adversarial.train_step: D's Adam update on real and (constant) generated
+  """train/gan.GAN.train_step: D's Adam update on real and (constant) generated
   images, each in its own BN pass, then G's on the non-saturating loss against the updated D
   (D's weights frozen, its running statistics untouched), then the EMA of G's weights."""
   if config.optimizer != 'adam':
@@ -620,7 +620,7 @@ class _UNet(nn.Module):
 def _ddpm(config):
   """train/diffusion.Diffusion.loss: t ~ U{0..T-1}, x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps, the
   weighted MSE to eps (or v); the model's `ema_decay` makes make_step keep the EMA."""
-  from dl10_jax.models.diffusion import cosine_betas, linear_betas
+  from dl10_jax.models.diffusion_process import cosine_betas, linear_betas
   d = config.diffusion
   if d.schedule not in ('linear', 'cosine') or d.prediction not in ('eps', 'v'):
     raise ValueError(f'no PyTorch twin for diffusion.schedule={d.schedule!r}, '

@@ -19,7 +19,7 @@ from conftest import ROOT, cached_compile_env, kill_after_checkpoint, metric_eve
 from configs import diffusion as diffusion_config
 from dl10_jax.errors import ConfigError
 from dl10_jax import models
-from dl10_jax.models import diffusion
+from dl10_jax.models import diffusion_process as diffusion
 from dl10_jax.models.unet import UNet, timestep_embedding
 from dl10_jax.train import image_quality, sharding
 from dl10_jax.train.trainer import (build_experiment, evaluate, restore_run,
@@ -228,11 +228,15 @@ def classifier_dir(tmp_path_factory):
 
 class PixelDenoiser(nn.Module):
   """A per-pixel denoiser (x_t and a t-embedding through a 2-layer MLP): it learns, and compiles
-  in seconds where the U-Net takes a minute on CPU (the U-Net trains in the tests through main)."""
+  in seconds where the U-Net takes a minute on CPU (the U-Net trains in the tests through main).
+  With `sown_loss`, it also sows that constant into 'losses' in training."""
+  sown_loss: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    if train and self.sown_loss:
+      self.sow('losses', 'constant', jnp.float32(self.sown_loss))
     temb = timestep_embedding(t, 16)[:, None, None, :]  # [B, 1, 1, 16]
     h = jnp.concatenate([x, jnp.broadcast_to(temb, x.shape[:3] + (16,))], axis=-1)
     return nn.Dense(x.shape[-1])(nn.silu(nn.Dense(32)(h)))
@@ -259,6 +263,20 @@ def tiny_run(classifier_dir):
     if step in (0, 1, 30):
       ema_checks.append((before, jax.device_get((state.params, state.ema_params))))
   return exp, state, losses, ema_checks
+
+
+def test_the_loss_adds_what_the_model_sows():
+  config = diffusion_config.get_config('smoke')
+  config.model = ml_collections.ConfigDict({'name': 'pixel_denoiser', 'sown_loss': 0.5})
+  config.quality_metric = False
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(models.MODELS, 'pixel_denoiser', PixelDenoiser)
+    exp = build_experiment(config, jax.devices()[:1])
+  batch = exp.example_batch()
+  state = exp.objective.init_state(jax.random.PRNGKey(0), batch)
+  loss, (metrics, _) = exp.objective.loss(state.params, state, batch, jax.random.PRNGKey(1))
+  assert float(metrics['train_aux_loss']) == 0.5
+  assert float(loss) == pytest.approx(float(metrics['train_loss']) + 0.5)
 
 
 def test_loss_falls_on_a_tiny_problem(tiny_run):

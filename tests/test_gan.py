@@ -18,7 +18,7 @@ from conftest import (ROOT, cached_compile_env, kill_after_checkpoint, metric_ev
 from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import gan
-from dl10_jax.train import adversarial
+from dl10_jax.train import gan as gan_objective
 from dl10_jax.train.state import ema_update
 from dl10_jax.train.trainer import build_experiment
 from test_image_quality import classifier_dir  # noqa: F401  (a session fixture)
@@ -63,12 +63,12 @@ def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution():
 
 def test_losses_come_from_logits_and_stay_finite_when_d_is_sure():
   sure = jnp.array([-200.0, 200.0])
-  np.testing.assert_allclose(adversarial.generator_loss(sure), 100.0, rtol=1e-6)  # -log s(-200)/2
-  assert adversarial.discriminator_loss(sure[::-1], sure) == pytest.approx(200.0, rel=1e-6)
+  np.testing.assert_allclose(gan_objective.generator_loss(sure), 100.0, rtol=1e-6)  # -log s(-200)/2
+  assert gan_objective.discriminator_loss(sure[::-1], sure) == pytest.approx(200.0, rel=1e-6)
   zero = jnp.zeros(4)
-  assert adversarial.discriminator_loss(zero, zero) == pytest.approx(2 * np.log(2), rel=1e-6)
+  assert gan_objective.discriminator_loss(zero, zero) == pytest.approx(2 * np.log(2), rel=1e-6)
   # One-sided smoothing: the real target is 0.9, so a sure D pays for it; fakes keep target 0.
-  smoothed = adversarial.discriminator_loss(jnp.array([200.0]), jnp.array([-200.0]), 0.1)
+  smoothed = gan_objective.discriminator_loss(jnp.array([200.0]), jnp.array([-200.0]), 0.1)
   assert smoothed == pytest.approx(0.1 * 200, rel=1e-5)
 
 
@@ -89,7 +89,7 @@ def one_step():
   exp = build_experiment(config, jax.devices()[:1])
   objective = exp.objective
   objective.tx = {net: optax.inject_hyperparams(optax.adam)(learning_rate=2e-4, b1=0.5)
-                  for net in adversarial.NETS}
+                  for net in gan_objective.NETS}
   batch = exp.example_batch()
   state = jax.jit(objective.init_state)(jax.random.PRNGKey(0), batch)
   train_step = jax.jit(objective.train_step)
@@ -134,6 +134,33 @@ def test_each_network_moves_only_by_its_own_loss_and_g_sees_the_updated_d(one_st
   assert metrics['train_d_loss'] > metrics['train_d_adversarial_loss']  # + r1_weight / 2 * r1
   with pytest.raises(ConfigError, match=r'a GAN samples in one pass; .* \(eta, sampler\)'):
     objective.generate(both, jax.random.PRNGKey(0), 4, sampler='ddim', eta=0.0)
+
+
+def test_grad_clip_norm_bounds_each_networks_update(one_step):
+  """Clipped to norm c, Adam's first update lr * g / (|g| + eps) has norm <= lr * c / eps: far
+  below the unclipped one (about lr per weight)."""
+  config = _smoke(grad_clip_norm=1e-10)
+  exp = build_experiment(config, jax.devices()[:1])
+  batch = exp.example_batch()
+  state = exp.init(jax.random.PRNGKey(0), batch)
+  new, metrics = jax.jit(exp.objective.train_step)(state, batch)
+  assert np.isfinite(metrics['train_d_loss'])
+  norm = lambda a, b: float(optax.global_norm(jax.tree.map(jnp.subtract, a, b)))
+  bound = config.learning_rate * config.grad_clip_norm / 1e-8  # Adam's eps.
+  before, unclipped, _ = one_step[0]()
+  for net in gan_objective.NETS:
+    assert 0 < norm(new.params[net], state.params[net]) <= 1.01 * bound, net
+    assert norm(unclipped.params[net], before.params[net]) > 100 * bound, net
+
+
+@pytest.mark.parametrize('fields,message', [
+    ({'pruning': {'sparsity': 0.5}}, r'^pruning.sparsity=0.5 is not supported by objective=gan'),
+    ({'microbatch_size': 16}, r'^microbatch_size=16 is not supported by objective=gan'),
+])
+def test_options_the_gan_does_not_support_fail_with_one_line(fields, message):
+  with pytest.raises(ConfigError, match=message) as error:
+    build_experiment(_smoke(**fields), jax.devices()[:1])
+  assert '\n' not in str(error.value)
 
 
 def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):

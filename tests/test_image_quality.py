@@ -1,11 +1,15 @@
 """classifier_fid (this project's Fashion-MNIST classifier, not Inception-FID): it ranks real images
 far above noise and blur, ignores sample order and masked rows, and rejects other image shapes."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 import scipy.linalg
+from absl import flags
 
+from conftest import ROOT, read_metrics
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import image_quality
 
@@ -115,3 +119,20 @@ def test_missing_classifier_names_the_command(tmp_path):
   with pytest.raises(ConfigError, match=r'`python -m dl10_jax.train.image_quality --train '
                      r'--cache_dir .*`'):
     image_quality.load_feature_classifier(str(tmp_path / 'none'))
+
+
+def test_the_classifier_trains_through_main_with_its_config(tmp_path):
+  """configs/quality_classifier.py is an ordinary experiment: main trains and evaluates it."""
+  from dl10_jax import main
+  main.parse_flags(['main', '--config', f'{ROOT / "configs/quality_classifier.py"}:smoke',
+                    '--workdir', str(tmp_path)])
+  try:
+    main.main(['main'])
+  finally:
+    flags.FLAGS.unparse_flags()
+  final = [e for e in read_metrics(tmp_path) if 'eval_accuracy' in e][-1]
+  assert final['step'] == 8 and final['eval_accuracy'] > 0.2  # Chance is 0.1.
+  assert (tmp_path / 'checkpoints' / '8').is_dir()
+  # What the metric loads: the same network, trained on [0, 1], computing on [-1, 1].
+  trained = json.loads((tmp_path / 'config.json').read_text())['model']
+  assert trained['name'] == 'quality_net' and trained['unit_inputs']

@@ -1,12 +1,18 @@
 """Language models and sequence classifiers through the shared loop: learning, resume, init_from."""
 
+from typing import Any
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import metric_events, run_module
+from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import checkpoint
+from dl10_jax.train.language_model import LanguageModel
 from dl10_jax.train.trainer import restore_run, train_and_evaluate
 from configs import gpt, lstm, rnn, seq_fmnist
 
@@ -69,6 +75,31 @@ def test_init_from_a_differently_shaped_run_fails_with_one_line(tmp_path):
     train_and_evaluate(config, tmp_path / 'wide')
   with pytest.raises(ConfigError, match='holds no checkpoint'):
     checkpoint.load_params(tmp_path / 'nowhere', {}, '')
+
+
+class ScheduledLM(nn.Module):
+  """Bigram logits that sow a loss term of step + 1: a model with a schedule (`uses_step`)."""
+  uses_step = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool = False, step: Any = None) -> jax.Array:
+    if step is not None:
+      self.sow('losses', 'schedule', jnp.asarray(step, jnp.float32) + 1)
+    return nn.Embed(8, 8)(tokens)  # [B, T, 8]
+
+
+def test_the_loss_adds_what_the_model_sows_and_passes_the_step():
+  config = config_lib.base_config()
+  config.num_train_steps = 10
+  objective = LanguageModel(config, ScheduledLM())
+  batch = {'tokens': jnp.arange(10).reshape(2, 5) % 8, 'weights': jnp.ones((2, 4))}
+  state = objective.init_state(jax.random.PRNGKey(0), batch)
+  for step in (0, 4):
+    loss, (metrics, _) = objective.loss(state.params, state.replace(step=jnp.asarray(step)), batch,
+                                        jax.random.PRNGKey(1))
+    assert float(metrics['train_aux_loss']) == step + 1
+    assert float(loss) == pytest.approx(float(metrics['train_loss']) + step + 1)
 
 
 def _sample(*args):

@@ -12,6 +12,7 @@ import ml_collections
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import (attention_classifier, cnn, gan, gpt, mobilenet, recurrent, resnet,
                              transformer, unet)
+from dl10_jax.models import quality_net
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
@@ -27,6 +28,7 @@ MODELS: dict[str, type[nn.Module]] = {
     'shufflenet_v2': mobilenet.ShuffleNetV2,
     'unet': unet.UNet,
     'dcgan': gan.DCGAN,
+    'quality_net': quality_net.QualityNet,
 }
 
 

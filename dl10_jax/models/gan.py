@@ -7,7 +7,7 @@ Discriminator: k strided 4x4 convolutions (channels doubling, LeakyReLU 0.2, BN 
 first) -> one logit [B]. S = base * 2^k with base in 4..7: 28 = 7 * 4 (k = 2), 32 = 4 * 8 (k = 3).
 Weights start from N(0, 0.02) as in the paper; BN as in models/layers.py. `DCGAN` holds the pair,
 so its parameters are {'generator': ..., 'discriminator': ...}; the training logic (two
-optimizers, the non-saturating loss) lives in dl10_jax/train/adversarial.py.
+optimizers, the non-saturating loss) lives in dl10_jax/train/gan.py.
 """
 
 from __future__ import annotations

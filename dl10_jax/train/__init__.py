@@ -8,9 +8,9 @@ import flax.linen as nn
 import ml_collections
 
 from dl10_jax.errors import ConfigError
-from dl10_jax.train.adversarial import Adversarial
 from dl10_jax.train.classification import Classification
 from dl10_jax.train.diffusion import Diffusion
+from dl10_jax.train.gan import GAN
 from dl10_jax.train.language_model import LanguageModel
 from dl10_jax.train.objective import Objective
 from dl10_jax.train.seq2seq import Seq2Seq
@@ -18,7 +18,7 @@ from dl10_jax.train.seq2seq import Seq2Seq
 OBJECTIVES: dict[str, type[Objective]] = {
     'classification': Classification,
     'diffusion': Diffusion,
-    'gan': Adversarial,
+    'gan': GAN,
     'language_model': LanguageModel,
     'seq2seq': Seq2Seq,
 }

@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl10_jax.train.objective import Batch, Metrics, Objective, sown_loss
+from dl10_jax.train.objective import Batch, Metrics, with_sown_loss
 from dl10_jax.train.state import TrainState
+from dl10_jax.train.supervised import Supervised
 
 
-class Classification(Objective):
+class Classification(Supervised):
   """Batches are {INPUT: ..., 'label': int[B]} (+ 'mask' in eval); the dataset names INPUT.
 
   INPUT is `splits.input_key`: 'image' (float[B, H, W, C]) for images, 'tokens' (int[B, L], 0
@@ -40,10 +41,8 @@ class Classification(Objective):
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
     metrics = {'train_loss': loss, 'train_accuracy': correct.mean()}
-    if sown:  # E.g. hard attention's REINFORCE terms, rewarded 1 for a right answer (Mnih 2014).
-      extra, extra_metrics = sown_loss(sown, correct)
-      loss = loss + extra
-      metrics.update(extra_metrics)
+    # E.g. hard attention's REINFORCE terms, rewarded 1 for a right answer (Mnih et al. 2014).
+    loss, metrics = with_sown_loss(loss, metrics, sown, correct)
     return loss, (metrics, model_state)
 
   def eval_step(self, state: TrainState, batch: Batch) -> Metrics:

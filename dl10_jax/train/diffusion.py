@@ -5,9 +5,9 @@ noise) and regresses the network's output on eps (Ho et al.'s "simple" loss) or 
 Ho 2022; `diffusion.prediction`), optionally weighted per timestep by Min-SNR-gamma
 (`diffusion.loss_weighting`; the eval loss stays unweighted, so runs with either compare).
 Images enter at their native size in [-1, 1] (the data gives [0, 1]): Fashion-MNIST stays 28x28
-(the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10 32x32. The train state adds
-`ema_params`, an EMA of the weights updated after every step and checkpointed with the rest; the
-eval loss, every sample and the quality metric use it.
+(the U-Net runs 28 -> 14 -> 7, attention at 7x7), CIFAR-10 32x32. The state is an EMAState
+(train/generative.py): the eval loss, every sample and the quality metric use the EMA of the
+weights. Loss terms the model sows (objective.sown_loss) are added, REINFORCE rewarded by -error.
 
 Eval is deterministic: each example's t and noise come from a key hashed from its own pixels (the
 batches carry no index), so the eval loss does not depend on the batch size or device count. With
@@ -21,74 +21,49 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dl10_jax.data import image_grid
 from dl10_jax.errors import ConfigError, check_choice
-from dl10_jax.models import diffusion
+from dl10_jax.models import diffusion_process as process
 from dl10_jax.train import image_quality
-from dl10_jax.train.objective import NOT_STATE, Batch, Metrics, Objective
-from dl10_jax.train.state import TrainState, ema_update
+from dl10_jax.train.generative import ImageGenerative
+from dl10_jax.train.objective import Batch, Metrics, with_sown_loss
+from dl10_jax.train.state import EMAState
+from dl10_jax.train.supervised import Supervised
 
 SAMPLERS = ('ddpm', 'ddim')
-GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise.
 
 
-@flax.struct.dataclass
-class DiffusionState(TrainState):
-  """TrainState + the EMA of `params`: what eval and sampling use."""
-  ema_params: Any = None
-
-
-class Diffusion(Objective):
+class Diffusion(ImageGenerative, Supervised):
   """Batches are {'image': float[B, H, W, C] in [0, 1], ...}; the model is models.unet.UNet."""
+
+  section = 'diffusion'
 
   def __init__(self, config: ml_collections.ConfigDict, model: Any, splits: Any = None):
     d = config.diffusion
-    check_choice('diffusion.prediction', d.prediction, diffusion.PREDICTIONS)
+    check_choice('diffusion.prediction', d.prediction, process.PREDICTIONS)
     check_choice('diffusion.eval_sampler', d.eval_sampler, SAMPLERS)
     # Runs saved before the option trained with the uniform loss.
     self.loss_weighting = d.get('loss_weighting', 'uniform')
     self.min_snr_gamma = d.get('min_snr_gamma', 5.0)
-    check_choice('diffusion.loss_weighting', self.loss_weighting, diffusion.LOSS_WEIGHTINGS)
+    check_choice('diffusion.loss_weighting', self.loss_weighting, process.LOSS_WEIGHTINGS)
     if not self.min_snr_gamma > 0:
       raise ConfigError(f'diffusion.min_snr_gamma={self.min_snr_gamma} must be > 0')
-    if not 0 <= d.ema_decay < 1:
-      raise ConfigError(f'diffusion.ema_decay={d.ema_decay} must be in [0, 1)')
-    self.schedule = diffusion.make_schedule(d.schedule, d.num_timesteps)
-    diffusion.ddim_timesteps(d.num_timesteps, d.eval_steps)  # Checks eval_steps now.
+    self.schedule = process.make_schedule(d.schedule, d.num_timesteps)
+    process.ddim_timesteps(d.num_timesteps, d.eval_steps)  # Checks eval_steps now.
     super().__init__(config, model, splits)
-    # Fails here, before any training, if the metric is on and its classifier is not trained.
-    self.classifier = image_quality.load_feature_classifier(
-        config.get('quality_classifier_dir') or None) if config.quality_metric else None
     self._sample = jax.jit(self._sample_fn,
                            static_argnames=('shape', 'sampler', 'steps', 'variance'))
 
   def model_inputs(self, batch: Batch) -> jax.Array:
     return batch['image'] * 2 - 1  # [B, H, W, C]: the data's [0, 1] -> [-1, 1].
 
-  def init_state(self, rng: jax.Array, batch: Batch) -> DiffusionState:
-    init_rng, state_rng = jax.random.split(rng)
+  def init_args(self, batch: Batch) -> tuple[jax.Array, jax.Array]:
     x = self.model_inputs(batch)
-    if self.classifier is not None:
-      image_quality.prepare(x)  # classifier_fid needs 28x28 grey images: fail now.
-    variables = dict(self.model.init(init_rng, x, jnp.zeros(x.shape[:1], jnp.int32), train=False))
-    params = variables.pop('params')
-    model_state = {k: v for k, v in variables.items() if k not in NOT_STATE}
-    return DiffusionState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.tx.init(params), model_state=model_state,
-                          rng=state_rng, apply_fn=self.model.apply, tx=self.tx,
-                          ema_params=jax.tree.map(jnp.copy, params))
-
-  def load_pretrained(self, state: DiffusionState, params: Any,
-                      model_state: Any) -> DiffusionState:
-    """Another run's weights; the EMA starts from them, not from the fresh initialisation."""
-    return state.replace(params=params, model_state=model_state,
-                         ema_params=jax.tree.map(jnp.copy, params))
+    return x, jnp.zeros(x.shape[:1], jnp.int32)  # (x_t, t)
 
   # --- Training. ---
 
@@ -96,28 +71,27 @@ class Diffusion(Objective):
               noise: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(x_t, the network's regression target) for x0, t [B], noise."""
     prediction = self.config.diffusion.prediction
-    return (diffusion.q_sample(self.schedule, x0, t, noise),
-            diffusion.target(self.schedule, x0, t, noise, prediction))
+    return (process.q_sample(self.schedule, x0, t, noise),
+            process.target(self.schedule, x0, t, noise, prediction))
 
-  def loss(self, params: Any, state: DiffusionState, batch: Batch,
+  def loss(self, params: Any, state: EMAState, batch: Batch,
            rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
     x0 = self.model_inputs(batch)  # [B, H, W, C]
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
     t = jax.random.randint(t_rng, x0.shape[:1], 0, self.schedule.num_timesteps)  # [B]
     x_t, target = self._noised(x0, t, jax.random.normal(noise_rng, x0.shape))
-    out = state.apply_fn({'params': params, **state.model_state}, x_t, t, train=True,
-                         rngs={'dropout': dropout_rng})
-    weight = diffusion.loss_weight(self.schedule, t, self.config.diffusion.prediction,
-                                   self.loss_weighting, self.min_snr_gamma)  # [B]
-    loss = jnp.mean(weight * jnp.mean(jnp.square(out - target), axis=(1, 2, 3)))
-    return loss, ({'train_loss': loss}, state.model_state)
+    out, model_state, sown = self.apply_train(params, state, x_t, dropout_rng, t)
+    weight = process.loss_weight(self.schedule, t, self.config.diffusion.prediction,
+                                 self.loss_weighting, self.min_snr_gamma)  # [B]
+    error = weight * jnp.mean(jnp.square(out - target), axis=(1, 2, 3))  # [B]
+    loss = jnp.mean(error)
+    loss, metrics = with_sown_loss(loss, {'train_loss': loss}, sown, -error)
+    return loss, (metrics, model_state)
 
-  def train_step(self, state: DiffusionState, batch: Batch) -> tuple[DiffusionState, Metrics]:
+  def train_step(self, state: EMAState, batch: Batch) -> tuple[EMAState, Metrics]:
     """The shared update (micro-batches and all), then the EMA of the new weights."""
     new_state, metrics = super().train_step(state, batch)
-    ema = ema_update(state.ema_params, new_state.params, self.config.diffusion.ema_decay,
-                     state.step)
-    return new_state.replace(ema_params=ema), metrics
+    return self.with_ema(state, new_state), metrics
 
   # --- Sampling. ---
 
@@ -127,10 +101,10 @@ class Diffusion(Objective):
     denoise = functools.partial(self.model.apply, variables, train=False)
     prediction = self.config.diffusion.prediction
     if sampler == 'ddpm':
-      return diffusion.ddpm_sample(denoise, self.schedule, shape, rng, prediction=prediction,
-                                   variance=variance)
-    return diffusion.ddim_sample(denoise, self.schedule, shape, rng, steps=steps, eta=eta,
-                                 prediction=prediction)
+      return process.ddpm_sample(denoise, self.schedule, shape, rng, prediction=prediction,
+                                 variance=variance)
+    return process.ddim_sample(denoise, self.schedule, shape, rng, steps=steps, eta=eta,
+                               prediction=prediction)
 
   def image_shape(self) -> tuple[int, ...]:
     """[H, W, C] of the data's images (what `generate` makes)."""
@@ -138,7 +112,7 @@ class Diffusion(Objective):
       raise ConfigError('the diffusion objective needs its data splits to know the image shape')
     return tuple(np.shape(self.splits.eval[0]['image']))
 
-  def generate(self, state: DiffusionState, rng: jax.Array, num_samples: int,
+  def generate(self, state: EMAState, rng: jax.Array, num_samples: int,
                sampler: str = 'ddim', steps: int = 50, eta: float = 0.0,
                variance: str = 'posterior') -> jax.Array:
     """float32 [num_samples, H, W, C] in [-1, 1] from the EMA weights.
@@ -147,9 +121,9 @@ class Diffusion(Objective):
     `variance` posterior | beta; `steps` and `eta` do not apply).
     """
     check_choice('sampler', sampler, SAMPLERS)
-    check_choice('variance', variance, diffusion.VARIANCES)
+    check_choice('variance', variance, process.VARIANCES)
     if sampler == 'ddim':
-      diffusion.ddim_timesteps(self.schedule.num_timesteps, steps)  # The one-line range check.
+      process.ddim_timesteps(self.schedule.num_timesteps, steps)  # The one-line range check.
       if eta < 0:
         raise ConfigError(f'eta={eta} must be >= 0')
     else:
@@ -158,9 +132,13 @@ class Diffusion(Objective):
                         shape=(num_samples,) + self.image_shape(), sampler=sampler, steps=steps,
                         variance=variance)
 
+  def grid_sampler_kwargs(self) -> dict[str, Any]:
+    d = self.config.diffusion
+    return {'sampler': d.eval_sampler, 'steps': d.eval_steps, 'eta': d.eval_eta}
+
   # --- Eval. ---
 
-  def eval_step(self, state: DiffusionState, batch: Batch) -> Metrics:
+  def eval_step(self, state: EMAState, batch: Batch) -> Metrics:
     """Sums over unmasked rows of the EMA model's loss at seeded (t, noise); with the quality
     metric, the feature moments of the real images and of as many DDIM samples."""
     x0 = self.model_inputs(batch)  # [B, H, W, C]
@@ -180,24 +158,8 @@ class Diffusion(Objective):
       fake = self._sample_fn(state.ema_params, state.model_state, rng, jnp.float32(d.eval_eta),
                              shape=x0.shape, sampler=d.eval_sampler, steps=d.eval_steps,
                              variance='posterior')
-      for prefix, images in (('real_', x0), ('fake_', fake)):
-        quality = image_quality.moment_sums(*self.classifier.features_and_logits(images), mask)
-        sums.update({prefix + k: v for k, v in quality.items()})
+      sums.update(self.quality_sums(x0, fake, mask))
     return sums
 
   def summarize_eval(self, sums: dict[str, Any]) -> dict[str, float]:
-    metrics = {'eval_loss': sums['loss'] / sums['count']}
-    if self.classifier is not None:
-      real, fake = ({k[len(p):]: v for k, v in sums.items() if k.startswith(p)}
-                    for p in ('real_', 'fake_'))
-      metrics.update({f'eval_{k}': v for k, v in image_quality.summarize(real, fake).items()})
-    return metrics
-
-  def write_eval_artifacts(self, state: DiffusionState, step: int, workdir: Any,
-                           writer: Any) -> None:
-    """An 8x8 grid of EMA samples (the eval sampler), from the same noise at every eval point."""
-    d = self.config.diffusion
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
-    images = self.generate(state, rng, GRID_SAMPLES, sampler=d.eval_sampler, steps=d.eval_steps,
-                           eta=d.eval_eta)
-    image_grid.write_eval_grid(np.asarray(jax.device_get(images)), step, workdir, writer)
+    return {'eval_loss': sums['loss'] / sums['count'], **self.summarize_quality(sums)}

@@ -8,9 +8,11 @@ only with each other (same classifier version), never with published FIDs. With 
 recognisable samples score high; an Inception-Score-like signal), and `class_histogram_ratio`,
 max/min frequency of their predicted classes (1 is balanced; mode collapse makes it large).
 
-The classifier is trained once, seeded (89.4 % test accuracy; 2-5 minutes on 2 CPU cores), and
-cached in $DL10_CACHE_DIR or ~/.cache/dl10_jax, under quality_classifier_v1/: by the first run
-or `sample --quality` that needs it, or ahead of time with
+The classifier (models/quality_net.py) is trained once, seeded, by the shared loop with
+configs/quality_classifier.py (89.3 % test accuracy; 2-5 minutes on 2 CPU cores), and cached in
+$DL10_CACHE_DIR or ~/.cache/dl10_jax, under quality_classifier_v1/ (the weights, info.json, and
+the training run in run/): by the first run or `sample --quality` that needs it, or ahead of time
+with
 
   python -m dl10_jax.train.image_quality --train [--cache_dir DIR]
 
@@ -22,29 +24,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import pathlib
+import shutil
 import time
 from typing import Any
 
-import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from dl10_jax import runtime
 from dl10_jax.data import idx
 from dl10_jax.errors import ConfigError
-from dl10_jax.models.layers import Conv2D, max_pool_2x2
+from dl10_jax.models.quality_net import QualityNet
 
 VERSION = 1
 NOTE = ('classifier_fid is a Fréchet distance in the features of this project\'s Fashion-MNIST '
         f'classifier (v{VERSION}), not Inception-FID: compare it only with itself')
 TRAIN_COMMAND = 'python -m dl10_jax.train.image_quality --train'
-NUM_CLASSES = 10
+CONFIG = pathlib.Path(__file__).resolve().parents[2] / 'configs' / 'quality_classifier.py'
 
 
 def pixel_hashes(images: jax.Array) -> jax.Array:
@@ -59,21 +62,6 @@ def default_cache_dir() -> pathlib.Path:
   """Where the classifier lives: versioned, beside the project's other caches (the data dir may
   be read-only, as Debian's is)."""
   return runtime.cache_root() / f'quality_classifier_v{VERSION}'
-
-
-class QualityNet(nn.Module):
-  """Conv(16)-pool-Conv(32)-pool-Dense(128)-Dense(10): [N, 28, 28, 1] -> (features, logits).
-
-  Narrow convolutions: 4x cheaper than 32/64 on CPU for about the same accuracy.
-  """
-  num_features: int = 128
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = max_pool_2x2(nn.relu(Conv2D(16, (3, 3), padding='SAME')(x)))  # [N, 14, 14, 16]
-    x = max_pool_2x2(nn.relu(Conv2D(32, (3, 3), padding='SAME')(x)))  # [N, 7, 7, 32]
-    features = nn.relu(nn.Dense(self.num_features)(x.reshape(x.shape[0], -1)))  # [N, F]
-    return features, nn.Dense(NUM_CLASSES)(features)  # [N, F], [N, 10]
 
 
 def prepare(images: jax.Array) -> jax.Array:
@@ -101,7 +89,7 @@ class FeatureClassifier:
 
 @jax.jit
 def _apply(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return QualityNet().apply({'params': params}, images.astype(jnp.float32))
+  return QualityNet().apply({'params': params}, images.astype(jnp.float32), with_features=True)
 
 
 def load_feature_classifier(cache_dir: str | None = None) -> FeatureClassifier:
@@ -215,57 +203,49 @@ def score(classifier: FeatureClassifier, fake_images: np.ndarray, real_images: n
                    set_sums(classifier, fake_images, batch_size))
 
 
-def _fashion_mnist(split: str, data_dir: str = '') -> tuple[np.ndarray, np.ndarray]:
-  arrays = idx.load(idx.default_dir('fashion_mnist', data_dir), split)
-  return arrays['image'].astype(np.float32) / 127.5 - 1, arrays['label']
-
-
 def real_images(split: str = 'test', data_dir: str = '') -> np.ndarray:
   """Fashion-MNIST `split` as float32 [N, 28, 28, 1] in [-1, 1] (offline IDX files)."""
-  return _fashion_mnist(split, data_dir)[0]
+  arrays = idx.load(idx.default_dir('fashion_mnist', data_dir), split)
+  return arrays['image'].astype(np.float32) / 127.5 - 1
 
 
-# --- Training the classifier (once, seeded). ---
+# --- Training the classifier (once, seeded), through the shared loop. ---
+
+def classifier_config(num_steps: int = 1400, batch_size: int = 128, seed: int = 0,
+                      learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+  """configs/quality_classifier.py with these recipe fields (loaded by path: any cwd works)."""
+  spec = importlib.util.spec_from_file_location('_dl10_quality_classifier_config', CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(num_train_steps=num_steps, batch_size=batch_size, seed=seed,
+                learning_rate=learning_rate, eval_every_steps=num_steps,
+                checkpoint_every_steps=num_steps)
+  return config
+
 
 def train_classifier(cache_dir: str | None = None, num_steps: int = 1400, batch_size: int = 128,
                      seed: int = 0, learning_rate: float = 1e-3) -> dict[str, Any]:
-  """Trains QualityNet on the Fashion-MNIST train split, saves it, returns its info.
+  """Trains QualityNet on the Fashion-MNIST train split (configs/quality_classifier.py through
+  the shared loop), saves its weights and info.json, returns the info.
 
-  The default, 1400 steps of 128 (3 epochs) with Adam and a cosine decay, reached 89.4 % test
-  accuracy (seed 0; 5 minutes on 2 CPU cores shared with other jobs); tests train a weak one in
-  a few dozen steps.
+  The default, 1400 steps of 128 (3 epochs) with Adam and a cosine decay, reached 89.3 % test
+  accuracy (seed 0; 10 minutes on 2 CPU cores busy with other jobs); tests train a weak one in
+  a few dozen steps. The run (checkpoints, metrics.jsonl) is kept in `run/` of the cache
+  directory; a retraining starts it afresh.
   """
-  (train, labels), (test, test_labels) = (_fashion_mnist(s) for s in ('train', 'test'))
-  model = QualityNet()
-  params = model.init(jax.random.PRNGKey(seed), train[:1])['params']
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, images, labels):
-    def loss_fn(params):
-      logits = model.apply({'params': params}, images)[1]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  rng = np.random.default_rng(seed)
-  start, order, position = time.perf_counter(), rng.permutation(len(train)), 0
-  for _ in range(num_steps):
-    if position + batch_size > len(order):  # A new epoch, reshuffled.
-      order, position = rng.permutation(len(train)), 0
-    batch = order[position:position + batch_size]
-    position += batch_size
-    params, opt_state, loss = step(params, opt_state, train[batch], labels[batch])
-  predict = jax.jit(lambda p, x: model.apply({'params': p}, x)[1].argmax(-1))
-  predictions = np.concatenate([predict(params, test[i:i + 1000])
-                                for i in range(0, len(test), 1000)])
-  info = {'version': VERSION, 'test_accuracy': float(np.mean(predictions == test_labels)),
-          'num_steps': num_steps, 'batch_size': batch_size, 'seed': seed,
-          'final_train_loss': float(loss), 'train_seconds': round(time.perf_counter() - start, 1),
-          'note': NOTE}
+  from dl10_jax.train import trainer  # Here: the trainer imports the objectives, which import us.
   directory = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  workdir = directory / 'run'
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.perf_counter()
+  final = trainer.train_and_evaluate(classifier_config(num_steps, batch_size, seed, learning_rate),
+                                     workdir)
+  params = jax.device_get(trainer.restore_run(workdir)[1].params)
+  info = {'version': VERSION, 'test_accuracy': float(final['eval_accuracy']),
+          'num_steps': num_steps, 'batch_size': batch_size, 'seed': seed,
+          'final_train_loss': float(final['train_loss']),  # The mean of the last log interval.
+          'train_seconds': round(time.perf_counter() - start, 1), 'note': NOTE}
   directory.mkdir(parents=True, exist_ok=True)
   (directory / 'params.msgpack').write_bytes(
       flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))

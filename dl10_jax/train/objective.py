@@ -1,10 +1,10 @@
 """The per-objective part of training: what the one shared loop (trainer.py) asks of each kind.
 
-An objective builds its optimizer and initial state, makes one update, and evaluates. Supervised
-objectives (classification, language modelling, diffusion) write `model_inputs`, `loss`,
-`eval_step` and `summarize_eval`, and inherit the update. An objective with several networks (the
-GAN) overrides `make_optimizer`, `init_state` and `train_step`: the loop treats the state as an
-opaque pytree, so it may be any flax struct dataclass with a `step`.
+An objective builds its optimizer and initial state, makes one update, and evaluates. Two bases
+derive from `Objective`: `supervised.Supervised` (one model, one loss: classification, language
+modelling, seq2seq, diffusion; they write `model_inputs`, `loss`, `eval_step`, `summarize_eval`
+and share the update) and `generative.ImageGenerative` (an EMA of the weights, sample grids and
+the classifier_fid metric: the GAN and diffusion). The state is a `TrainState` or a subclass.
 
 A model may add to its training loss by sowing (flax `self.sow`) into two collections: 'losses'
 (scalar terms, added as they are) and 'policy' (per-example `log_prob` and `baseline` of a sampled
@@ -61,11 +61,22 @@ def sown_loss(sown: dict[str, Any], reward: jax.Array) -> tuple[jax.Array, Metri
   return total, metrics
 
 
+def with_sown_loss(loss: jax.Array, metrics: Metrics, sown: dict[str, Any],
+                   reward: jax.Array) -> tuple[jax.Array, Metrics]:
+  """`loss` + `sown_loss` (REINFORCE rewarded by `reward` [B]) and the metrics with its terms;
+  both as they are when the model sowed nothing."""
+  if not sown:
+    return loss, metrics
+  extra, extra_metrics = sown_loss(sown, reward)
+  return loss + extra, {**metrics, **extra_metrics}
+
+
 class Objective(abc.ABC):
-  """Base class. `train_step` and `eval_step` are traced under jit by the trainer."""
+  """Base class: what the loop asks. `train_step` and `eval_step` are traced under jit."""
 
   # The metric the loop checks for NaN/inf and shows in the progress bar.
   loss_metric = 'train_loss'
+  state_class: type[TrainState] = TrainState
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, splits: Any = None):
     self.config = config
@@ -76,30 +87,47 @@ class Objective(abc.ABC):
   def make_optimizer(self) -> optax.GradientTransformation:
     return optim.make_optimizer(self.config)
 
+  # --- The initial state. ---
+
+  @abc.abstractmethod
+  def init_args(self, batch: Batch) -> tuple[Any, ...]:
+    """The model's positional arguments at init (only their shapes matter)."""
+
+  def init_opt_state(self, params: Any) -> Any:
+    return self.tx.init(params)
+
+  def init_model_state(self, variables: dict[str, Any]) -> Any:
+    """The model's variables other than 'params' -> `model_state` (what it sows is not state)."""
+    return {k: v for k, v in variables.items() if k not in NOT_STATE}
+
   def init_state(self, rng: jax.Array, batch: Batch) -> TrainState:
     """Fresh parameters and optimizer state; `batch` only lends its shapes."""
     init_rng, state_rng = jax.random.split(rng)
-    variables = self.model.init(init_rng, self.model_inputs(batch), train=False)
+    variables = dict(self.model.init(init_rng, *self.init_args(batch), train=False))
     params = variables.pop('params')
-    model_state = {k: v for k, v in variables.items() if k not in NOT_STATE}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), model_state=model_state, rng=state_rng,
-                      apply_fn=self.model.apply, tx=self.tx)
+    return self.state_class(step=jnp.zeros((), jnp.int32), params=params,
+                            opt_state=self.init_opt_state(params),
+                            model_state=self.init_model_state(variables), rng=state_rng,
+                            apply_fn=self.model.apply, tx=self.tx)
 
-  def apply_train(self, params: Any, state: TrainState, inputs: Any,
-                  rng: jax.Array) -> tuple[Any, Any, dict[str, Any]]:
-    """The model in training mode: (outputs, updated model_state, what it sowed for its loss).
+  def load_pretrained(self, state: Any, params: Any, model_state: Any) -> Any:
+    """A fresh state holding another run's weights (init_from). An objective that keeps a copy
+    of the weights (an EMA) overrides this to start the copy from them too."""
+    return state.replace(params=params, model_state=model_state)
 
-    rngs: 'dropout', and 'sample' for stochastic layers (hard attention).
-    """
-    variables = {'params': params, **state.model_state}
-    kwargs = {'step': state.step} if getattr(self.model, 'uses_step', False) else {}
-    out, mutated = state.apply_fn(variables, inputs, train=True,
-                                  rngs={'dropout': rng, 'sample': jax.random.fold_in(rng, 1)},
-                                  mutable=list(state.model_state) + list(SOWN), **kwargs)
-    mutated = dict(mutated)
-    sown = {k: v for k in SOWN if (v := mutated.pop(k, None))}
-    return out, mutated, sown
+  # --- One update and the eval. ---
+
+  @abc.abstractmethod
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    """One update: (the new state, this step's metrics)."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
+    """Sums over the batch's unmasked rows (the loop adds them up over the eval set)."""
+
+  @abc.abstractmethod
+  def summarize_eval(self, sums: dict[str, float]) -> dict[str, float]:
+    """Eval-set sums -> the metrics written to metrics.jsonl."""
 
   def _microbatches(self, batch: Batch) -> Batch | None:
     """[B, ...] -> [n, B/n, ...] chunks of `config.microbatch_size`, or None for the whole batch.
@@ -113,34 +141,6 @@ class Objective(abc.ABC):
     n = batch_size // size
     return jax.tree.map(lambda x: x.reshape(size, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
-  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """One update from the mean gradient of the batch, accumulated over micro-batches if set."""
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-    rng = state.step_rng()
-    chunks = self._microbatches(batch)
-    if chunks is None:
-      (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
-      return state.apply_gradients(grads, model_state), metrics
-
-    # Equal chunks make the mean of the chunk means the batch mean: the same update.
-    n = jax.tree.leaves(chunks)[0].shape[0]
-
-    def accumulate(carry, k_and_chunk):
-      grads, metrics, model_state = carry
-      k, chunk = k_and_chunk
-      (_, (m, model_state)), g = grad_fn(state.params, state.replace(model_state=model_state),
-                                         chunk, jax.random.fold_in(rng, k))
-      add = lambda total, x: total + x / n
-      return (jax.tree.map(add, grads, g), jax.tree.map(add, metrics, m), model_state), None
-
-    shapes = jax.eval_shape(grad_fn, state.params, state, jax.tree.map(lambda x: x[0], chunks), rng)
-    (_, (metric_shapes, _)), grad_shapes = shapes
-    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
-    (grads, metrics, model_state), _ = jax.lax.scan(
-        accumulate, (zeros(grad_shapes), zeros(metric_shapes), state.model_state),
-        (jnp.arange(n), chunks))
-    return state.apply_gradients(grads, model_state), metrics
-
   def eval_batch(self, state: TrainState, batch: Batch) -> Metrics:
     """`eval_step` over micro-batches if set; its sums add up exactly."""
     chunks = self._microbatches(batch)
@@ -149,14 +149,11 @@ class Objective(abc.ABC):
     sums = jax.lax.map(lambda chunk: self.eval_step(state, chunk), chunks)
     return jax.tree.map(lambda x: x.sum(axis=0), sums)
 
+  # --- What the loop logs and writes besides the metrics. ---
+
   def flops_per_step(self, params: Any) -> float | None:
     """Model FLOPs of one training step (for `mfu` in the logs), where the model can tell."""
     return None
-
-  def load_pretrained(self, state: Any, params: Any, model_state: Any) -> Any:
-    """A fresh state holding another run's weights (init_from). An objective that keeps a copy
-    of the weights (an EMA) overrides this to start the copy from them too."""
-    return state.replace(params=params, model_state=model_state)
 
   def write_eval_artifacts(self, state: Any, step: int, workdir: Any, writer: Any) -> None:
     """Called at every eval point after the metrics: an objective may write more than numbers
@@ -165,22 +162,3 @@ class Objective(abc.ABC):
   def throughput(self, steps_per_sec: float) -> dict[str, float]:
     """Objective-specific rates logged beside steps_per_sec (e.g. tokens_per_sec)."""
     return {}
-
-  # --- What a supervised objective provides. ---
-
-  @abc.abstractmethod
-  def model_inputs(self, batch: Batch) -> Any:
-    """The batch field(s) the model is called on, used to trace its shapes at init."""
-
-  @abc.abstractmethod
-  def loss(self, params: Any, state: TrainState, batch: Batch,
-           rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
-    """Returns (scalar loss, (metrics, updated model_state)) for a training batch."""
-
-  @abc.abstractmethod
-  def eval_step(self, state: TrainState, batch: Batch) -> Metrics:
-    """Sums over the batch's unmasked rows (the loop adds them up over the eval set)."""
-
-  @abc.abstractmethod
-  def summarize_eval(self, sums: dict[str, float]) -> dict[str, float]:
-    """Eval-set sums -> the metrics written to metrics.jsonl."""

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 
 from dl10_jax.data import algorithmic
 from dl10_jax.models import decoding
-from dl10_jax.train.language_model import token_losses
-from dl10_jax.train.objective import Batch, Metrics, Objective
+from dl10_jax.train.language_model import sequence_accuracy, token_losses
+from dl10_jax.train.objective import Batch, Metrics, with_sown_loss
 from dl10_jax.train.state import TrainState
+from dl10_jax.train.supervised import Supervised
 
 
 def decoder_input(target: jax.Array, bos_id: int = algorithmic.BOS) -> jax.Array:
@@ -29,7 +30,7 @@ def decoder_input(target: jax.Array, bos_id: int = algorithmic.BOS) -> jax.Array
   return jnp.concatenate([jnp.full_like(target[:, :1], bos_id), target[:, :-1]], axis=1)
 
 
-class Seq2Seq(Objective):
+class Seq2Seq(Supervised):
 
   @property
   def groups(self) -> tuple[str, ...]:
@@ -40,12 +41,14 @@ class Seq2Seq(Objective):
 
   def loss(self, params: Any, state: TrainState, batch: Batch,
            rng: jax.Array) -> tuple[jax.Array, tuple[Metrics, Any]]:
-    logits, model_state, _ = self.apply_train(params, state, self.model_inputs(batch), rng)
+    logits, model_state, sown = self.apply_train(params, state, self.model_inputs(batch), rng)
     target = batch['target']
     weights = (target != 0).astype(jnp.float32)
     loss = (token_losses(logits, target) * weights).sum() / weights.sum()
     accuracy = ((logits.argmax(-1) == target) * weights).sum() / weights.sum()
-    return loss, ({'train_loss': loss, 'train_token_accuracy': accuracy}, model_state)
+    loss, metrics = with_sown_loss(loss, {'train_loss': loss, 'train_token_accuracy': accuracy},
+                                   sown, sequence_accuracy(logits, target, weights))
+    return loss, (metrics, model_state)
 
   def decode(self, variables: Any, source: jax.Array, max_len: int) -> jax.Array:
     """Source [B, S] -> decoded tokens [B, max_len], in the target's format."""

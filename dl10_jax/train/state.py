@@ -29,6 +29,13 @@ class TrainState:
                         opt_state=opt_state, model_state=model_state)
 
 
+@flax.struct.dataclass
+class EMAState(TrainState):
+  """TrainState + an exponential moving average of (part of) `params`: what a generative model
+  samples and evaluates with (smoother than the weights of the last step)."""
+  ema_params: Any = None
+
+
 def ema_update(ema: Any, params: Any, decay: float, step: jax.Array) -> Any:
   """ema <- d * ema + (1 - d) * params, d = min(decay, (1 + step) / (10 + step)): the ramp lets
   the average forget the random initialisation within the first few hundred steps."""

@@ -1,4 +1,4 @@
-"""Adversarial training (DCGAN): two networks, two Adam optimizers, one jitted step.
+"""The GAN objective (DCGAN): two networks, two Adam optimizers, one jitted step.
 
 A step first updates the discriminator D on real images and the generator's samples, then the
 generator G on the non-saturating loss -log D(G(z)) against the *updated* D (Goodfellow et al.
@@ -8,6 +8,8 @@ log-sigmoid): sigmoid-then-log would round a confident D's probability to 0 or 1
 loss inf. Options (`config.gan`): one-sided label smoothing (real target 1 - s; Salimans et al.
 2016), an R1 penalty r1_weight / 2 * E|grad_x D(x)|^2 on real images (Mescheder et al. 2018), and
 an EMA of G's weights, which samples and eval use (smoother than the weights of the last step).
+`grad_clip_norm` clips each network's gradient by its own global norm; `pruning` and
+`microbatch_size` are refused (one line each), not ignored.
 
 Eval generates as many images as the eval split has and scores them with `classifier_fid`
 (train/image_quality.py: this project's Fashion-MNIST classifier, NOT Inception-FID).
@@ -17,34 +19,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from dl10_jax.data import image_grid
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import image_quality, optim
-from dl10_jax.train.objective import Batch, Metrics, Objective
-from dl10_jax.train.state import ema_update
+from dl10_jax.train.generative import ImageGenerative
+from dl10_jax.train.objective import Batch, Metrics
+from dl10_jax.train.state import EMAState
 
 NETS = ('generator', 'discriminator')
-GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise.
-
-
-@flax.struct.dataclass
-class GANState:
-  step: jax.Array  # int32 scalar: the number of (D, G) updates applied so far.
-  params: Any  # {'generator': ..., 'discriminator': ...}
-  opt_state: Any  # {'generator': ..., 'discriminator': ...}: one Adam state each.
-  model_state: Any  # {'generator': {'batch_stats': ...}, 'discriminator': {'batch_stats': ...}}
-  ema_params: Any  # The EMA of params['generator'].
-  rng: jax.Array  # Base key; step t uses fold_in(rng, t), so resuming needs no RNG replay.
-
-  def step_rng(self) -> jax.Array:
-    return jax.random.fold_in(self.rng, self.step)
+# The state is an EMAState whose params, opt_state and model_state hold one entry per network:
+# params {'generator': ..., 'discriminator': ...}, opt_state {net: its Adam state}, model_state
+# {net: {'batch_stats': ...}}, tx {net: its Adam}; ema_params is the EMA of the generator.
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array,
@@ -74,59 +63,68 @@ def _variables(params: Any, model_state: dict[str, Any]) -> dict[str, Any]:
   return variables
 
 
-class Adversarial(Objective):
+
+def _apply_gradients(state: EMAState, net: str, grads: Any) -> EMAState:
+  """`state` with network `net` moved by its own optimizer along `grads` (of its params)."""
+  updates, opt_state = state.tx[net].update(grads, state.opt_state[net], state.params[net])
+  params = {**state.params, net: optax.apply_updates(state.params[net], updates)}
+  return state.replace(params=params, opt_state={**state.opt_state, net: opt_state})
+
+
+class GAN(ImageGenerative):
   """Batches are {'image': float[B, H, W, C] in [0, 1], ...}; the model is models.gan.DCGAN."""
 
+  section = 'gan'
   loss_metric = 'train_d_loss'
 
   def __init__(self, config: ml_collections.ConfigDict, model: Any, splits: Any = None):
     if config.optimizer != 'adam':
       raise ConfigError(f'objective=gan trains both networks with Adam (gan.b1, gan.b2), not '
                         f'optimizer={config.optimizer!r}')
+    if config.pruning.sparsity:
+      raise ConfigError(f'pruning.sparsity={config.pruning.sparsity} is not supported by '
+                        'objective=gan; use 0')
+    if config.microbatch_size:  # Each network's pass sees the whole batch (its BN statistics).
+      raise ConfigError(f'microbatch_size={config.microbatch_size} is not supported by '
+                        'objective=gan; use 0')
     gan = config.gan
-    if not 0 <= gan.label_smoothing < 1 or gan.r1_weight < 0 or not 0 <= gan.ema_decay < 1:
+    if not 0 <= gan.label_smoothing < 1 or gan.r1_weight < 0:
       raise ConfigError(f'gan.label_smoothing={gan.label_smoothing} must be in [0, 1), '
-                        f'gan.r1_weight={gan.r1_weight} >= 0, gan.ema_decay={gan.ema_decay} in '
-                        '[0, 1)')
+                        f'gan.r1_weight={gan.r1_weight} >= 0')
     super().__init__(config, model, splits)
-    # Fails here, before any training, if the metric is on and its classifier is not trained.
-    self.classifier = image_quality.load_feature_classifier(
-        config.quality_classifier_dir or None) if config.quality_metric else None
     self._sample = jax.jit(self._sample_fn, static_argnames='num_samples')
 
   def make_optimizer(self) -> dict[str, optax.GradientTransformation]:
-    """One Adam per network (DCGAN: lr 2e-4, b1 0.5), each updating only its own parameters."""
+    """One Adam per network (DCGAN: lr 2e-4, b1 0.5), each updating only its own parameters,
+    after clipping its own gradient to `grad_clip_norm` (if > 0)."""
     schedule = optim.learning_rate_schedule(self.config)
-    return {net: optax.adam(schedule, b1=self.config.gan.b1, b2=self.config.gan.b2)
+    clip = self.config.grad_clip_norm
+    adam = lambda: optax.adam(schedule, b1=self.config.gan.b1, b2=self.config.gan.b2)
+    return {net: optax.chain(optax.clip_by_global_norm(clip), adam()) if clip > 0 else adam()
             for net in NETS}
 
-  def model_inputs(self, batch: Batch) -> jax.Array:
-    return batch['image']
+  # --- The initial state: per network. ---
 
-  def loss(self, params: Any, state: Any, batch: Batch, rng: jax.Array) -> Any:
-    raise NotImplementedError('a GAN has two losses, both in train_step')
+  def init_args(self, batch: Batch) -> tuple[Any, ...]:
+    return (jnp.zeros((2, self.model.latent_dim)),)
 
-  def init_state(self, rng: jax.Array, batch: Batch) -> GANState:
-    init_rng, state_rng = jax.random.split(rng)
+  def init_opt_state(self, params: Any) -> Any:
+    return {net: self.tx[net].init(params[net]) for net in NETS}
+
+  def init_model_state(self, variables: dict[str, Any]) -> Any:
+    return _split(super().init_model_state(variables))
+
+  def ema_source(self, params: Any) -> Any:
+    return params['generator']
+
+  def init_state(self, rng: jax.Array, batch: Batch) -> EMAState:
     images = batch['image']  # [B, H, W, C]
     expected = (self.model.image_size, self.model.image_size, self.model.channels)
     if tuple(images.shape[1:]) != expected:
       raise ConfigError(f'model.image_size={expected[0]}, model.channels={expected[2]} make '
                         f'{"x".join(map(str, expected))} images but the data has '
                         f'{"x".join(map(str, images.shape[1:]))}; set them to match the dataset')
-    if self.classifier is not None:
-      image_quality.prepare(images)  # classifier_fid needs 28x28 grey images: fail now.
-    variables = dict(self.model.init(init_rng, jnp.zeros((2, self.model.latent_dim)), train=False))
-    params = variables.pop('params')
-    return GANState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state={net: self.tx[net].init(params[net]) for net in NETS},
-                    model_state=_split(variables),
-                    ema_params=jax.tree.map(jnp.copy, params['generator']), rng=state_rng)
-
-  def load_pretrained(self, state: GANState, params: Any, model_state: Any) -> GANState:
-    """Another run's networks; the EMA starts from the loaded generator, not the fresh one."""
-    return state.replace(params=params, model_state=model_state,
-                         ema_params=jax.tree.map(jnp.copy, params['generator']))
+    return super().init_state(rng, batch)
 
   # --- The networks in one place: (output, the network's updated model state). ---
 
@@ -144,7 +142,7 @@ class Adversarial(Objective):
     # Drawn flat: a 2-D draw of the partitionable threefry compiles several times slower on CPU.
     return jax.random.normal(rng, (n * self.model.latent_dim,)).reshape(n, -1)  # [n, latent_dim]
 
-  def train_step(self, state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+  def train_step(self, state: EMAState, batch: Batch) -> tuple[EMAState, Metrics]:
     """D's update, then G's against the updated D; BN statistics of each from its own pass."""
     gan = self.config.gan
     d_rng, g_rng = jax.random.split(state.step_rng())
@@ -173,31 +171,23 @@ class Adversarial(Objective):
 
     (d_loss, (metrics, d_state)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.params['discriminator'])
-    d_updates, d_opt = self.tx['discriminator'].update(
-        d_grads, state.opt_state['discriminator'], state.params['discriminator'])
-    params = {**state.params,
-              'discriminator': optax.apply_updates(state.params['discriminator'], d_updates)}
-    model_state = {**state.model_state, 'discriminator': d_state}
+    new = _apply_gradients(state, 'discriminator', d_grads)
+    new = new.replace(model_state={**state.model_state, 'discriminator': d_state})
 
     # 2. Generator, against the updated D (whose BN statistics G's pass leaves as they are).
     def g_loss_fn(g_params):
-      p = {**params, 'generator': g_params}
-      images, g_state = self._apply('generator', p, model_state, self._noise(g_rng, n), True)
-      fake_logits, _ = self._apply('discriminator', p, model_state, images, True)
+      p = {**new.params, 'generator': g_params}
+      images, g_state = self._apply('generator', p, new.model_state, self._noise(g_rng, n), True)
+      fake_logits, _ = self._apply('discriminator', p, new.model_state, images, True)
       return generator_loss(fake_logits), g_state
 
-    (g_loss, g_state), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params['generator'])
-    g_updates, g_opt = self.tx['generator'].update(
-        g_grads, state.opt_state['generator'], params['generator'])
-    params['generator'] = optax.apply_updates(params['generator'], g_updates)
-
+    (g_loss, g_state), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        new.params['generator'])
+    new = _apply_gradients(new, 'generator', g_grads)
+    new = new.replace(step=state.step + 1,
+                      model_state={**new.model_state, 'generator': g_state})
     metrics.update(train_d_loss=d_loss, train_g_loss=g_loss)
-    return state.replace(
-        step=state.step + 1, params=params,
-        opt_state={'generator': g_opt, 'discriminator': d_opt},
-        model_state={**model_state, 'generator': g_state},
-        ema_params=ema_update(state.ema_params, params['generator'], gan.ema_decay, state.step),
-    ), metrics
+    return self.with_ema(state, new), metrics
 
   # --- Sampling and eval. ---
 
@@ -211,7 +201,7 @@ class Adversarial(Objective):
                             self._noise(rng, num_samples), self.config.gan.sample_batch_stats)
     return images
 
-  def generate(self, state: GANState, rng: jax.Array, num_samples: int,
+  def generate(self, state: EMAState, rng: jax.Array, num_samples: int,
                **sampler_kwargs: Any) -> jax.Array:
     """float32 [num_samples, H, W, C] in [-1, 1] from the EMA generator (jittable)."""
     if sampler_kwargs:
@@ -226,7 +216,7 @@ class Adversarial(Objective):
     position = jnp.arange(1, hashes.shape[0] + 1, dtype=jnp.uint32)
     return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), (hashes * position).sum())
 
-  def eval_step(self, state: GANState, batch: Batch) -> Metrics:
+  def eval_step(self, state: EMAState, batch: Batch) -> Metrics:
     """As many EMA samples as real images; D's view of both, and their feature moments."""
     real = batch['image'] * 2 - 1  # [B, H, W, C]
     mask = batch['mask']
@@ -235,22 +225,8 @@ class Adversarial(Objective):
     for prefix, images in (('real_', real), ('fake_', fake)):
       logits, _ = self._apply('discriminator', state.params, state.model_state, images, False)
       sums[prefix + 'd'] = (jax.nn.sigmoid(logits) * mask).sum()
-      if self.classifier is not None:
-        quality = image_quality.moment_sums(*self.classifier.features_and_logits(images), mask)
-        sums.update({prefix + k: v for k, v in quality.items()})
-    return sums
+    return {**sums, **self.quality_sums(real, fake, mask)}
 
   def summarize_eval(self, sums: dict[str, Any]) -> dict[str, float]:
-    metrics = {'eval_d_real': sums['real_d'] / sums['count'],
-               'eval_d_fake': sums['fake_d'] / sums['count']}
-    if self.classifier is not None:
-      real, fake = ({k[len(p):]: v for k, v in sums.items() if k.startswith(p)}
-                    for p in ('real_', 'fake_'))
-      metrics.update({f'eval_{k}': v for k, v in image_quality.summarize(real, fake).items()})
-    return metrics
-
-  def write_eval_artifacts(self, state: GANState, step: int, workdir: Any, writer: Any) -> None:
-    """An 8x8 grid of EMA samples, from the same noise at every eval point."""
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
-    images = np.asarray(jax.device_get(self.generate(state, rng, GRID_SAMPLES)))
-    image_grid.write_eval_grid(images, step, workdir, writer)
+    return {'eval_d_real': sums['real_d'] / sums['count'],
+            'eval_d_fake': sums['fake_d'] / sums['count'], **self.summarize_quality(sums)}
