@@ -13,9 +13,11 @@ import ml_collections
 
 from dl10_jax import config_lib
 
+VARIANTS = ('smoke',)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, ('smoke',))
+  args = config_lib.parse_arg(arg, VARIANTS)
   config = config_lib.base_config()
   config.model = ml_collections.ConfigDict({
       'name': 'quality_net',
