@@ -1,4 +1,6 @@
-"""Layers shared by the vision models, with backend-aware implementations.
+"""Layers shared by several models: vision layers with backend-aware implementations, and the
+Transformer building blocks of GPT and the Transformer (`rotary` position embeddings, GPT-2's
+`MLP` and `residual_init`, the init of every projection that writes into the residual stream).
 
 XLA's native convolution is the right choice on GPU and TPU. On CPU (Eigen) it is several times
 slower than the explicit forms here for depthwise and 1x1 convolutions, and for the seed CNN's
@@ -174,3 +176,42 @@ def _max_pool_2x2_bwd(residuals, g):
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+# --- Transformer building blocks. ---
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T]."""
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
+  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+def residual_init(num_layers: int) -> nn.initializers.Initializer:
+  """GPT-2's init of a projection into the residual stream: N(0, 0.02 / sqrt(2 num_layers)).
+
+  Each of the 2 num_layers residual branches adds to the stream; scaling keeps its variance at
+  initialisation independent of depth.
+  """
+  return nn.initializers.normal(0.02 / (2 * num_layers) ** 0.5)
+
+
+class MLP(nn.Module):
+  """GPT-2's position-wise MLP: `fc` (ratio x wider), tanh-approximated GELU, `proj` back."""
+  residual_init: Any
+  ratio: int = 4
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    width = x.shape[-1]
+    h = nn.Dense(self.ratio * width, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                 name='fc')(x)
+    h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation.
+    h = nn.Dense(width, dtype=self.dtype, kernel_init=self.residual_init, name='proj')(h)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(h)
