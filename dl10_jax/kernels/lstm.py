@@ -166,28 +166,14 @@ def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F3
 
 def reference_lstm(xw: jax.Array, w_hh: jax.Array, h0: jax.Array, c0: jax.Array,
                    mask: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """The recurrence as a `lax.scan`, differentiated by JAX: what the kernels are tested against.
+  """The model's LSTM recurrence as a `lax.scan`, differentiated by JAX: what the kernels are
+  tested against (`models.recurrent.reference_recurrence`, so kernel and model share one cell).
 
   xw [T, B, 4H] (input projections, bias included), w_hh [H, 4H], h0 and c0 [B, H], mask [T, B]
   (0: keep the state, output 0). Returns the outputs [T, B, H] and the final (h, c) [B, H], fp32.
   """
-  hidden = w_hh.shape[0]
-  if mask is None:
-    mask = jnp.ones(xw.shape[:2], F32)
-
-  def step(carry, inputs):
-    h, c = carry
-    xw_t, m_t = inputs
-    z = xw_t.astype(F32) + jnp.dot(h.astype(w_hh.dtype), w_hh, preferred_element_type=F32)
-    i, f, g, o = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-    keep = m_t[:, None].astype(F32) > 0
-    h, c = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
-    return (h, c), jnp.where(keep, h_new, 0.0)
-
-  (h, c), ys = jax.lax.scan(step, (h0.astype(F32), c0.astype(F32)), (xw, mask))
-  return ys, (h, c)
+  from dl10_jax.models import recurrent  # Imported here: the model imports this module.
+  return recurrent.reference_recurrence('lstm', xw, w_hh, (h0, c0), mask)
 
 
 # --- The kernels behind a custom VJP, on padded arrays. ---

@@ -44,8 +44,8 @@ POOLINGS = ('last', 'mean')
 Carry = tuple[jax.Array, ...]  # (h,) for the RNN, (h, c) for the LSTM; each [B, H] float32.
 
 
-def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
-  """Gate activations and the new state from pre-activations z [B, G*H] (float32)."""
+def cell_step(cell: str, z: jax.Array, c_prev: jax.Array | None):
+  """The cell: (h, c, gate activations) from pre-activations z [B, G*H] (float32) and c_{t-1}."""
   if cell == 'rnn':
     h = jnp.tanh(z)
     return h, None, h
@@ -57,19 +57,21 @@ def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
 
 def reference_recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
                          mask: jax.Array | None = None) -> tuple[jax.Array, Carry]:
-  """The plain `lax.scan` recurrence, differentiated by JAX: what `recurrence` is tested against."""
+  """The plain `lax.scan` recurrence, differentiated by JAX: what `recurrence` and the LSTM kernel
+  (kernels/lstm.reference_lstm) are tested against. h_{t-1} @ W_hh accumulates in float32."""
 
   def step(carry, inputs):
     xw_t, m_t = inputs
-    z = xw_t.astype(jnp.float32) + (carry[0].astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
-    h, c, _ = _step(cell, z, carry[1] if cell == 'lstm' else None)
+    z = xw_t.astype(jnp.float32) + jnp.dot(carry[0].astype(w_hh.dtype), w_hh,
+                                           preferred_element_type=jnp.float32)
+    h, c, _ = cell_step(cell, z, carry[1] if cell == 'lstm' else None)
     new = (h, c) if cell == 'lstm' else (h,)
     if m_t is None:
       return new, h
     keep = m_t[:, None] > 0
     return tuple(jnp.where(keep, n, old) for n, old in zip(new, carry)), jnp.where(keep, h, 0.0)
 
-  carry, hs = jax.lax.scan(step, carry, (xw, mask))
+  carry, hs = jax.lax.scan(step, tuple(x.astype(jnp.float32) for x in carry), (xw, mask))
   return hs, carry
 
 
@@ -123,7 +125,7 @@ def _scan_fwd(cell, has_mask, xw, w_hh, h0, c0, mask):
     h_prev, c_prev = carry
     xw_t, m_t = inputs
     z = xw_t.astype(jnp.float32) + (h_prev.astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
-    h, c, acts = _step(cell, z, c_prev)
+    h, c, acts = cell_step(cell, z, c_prev)
     if cell == 'rnn':
       c = c_prev  # Unused: a [B, 0] placeholder.
     y = h
