@@ -28,7 +28,7 @@ import numpy as np
 from dl10_jax import runtime
 from dl10_jax.data import shakespeare, tokenizer as tokenizer_lib
 from dl10_jax.data.sources import ArraySource, Splits
-from dl10_jax.errors import ConfigError, DataError
+from dl10_jax.errors import ConfigError, DataError, check_choice
 
 LM_DATASETS = ('shakespeare_char', 'text_file', 'tiny_shakespeare')
 CLASSIFICATION_DATASETS = ('shakespeare_genre', 'imdb_reviews')
@@ -283,9 +283,7 @@ def _classification(config: ml_collections.ConfigDict,
 def load(config: ml_collections.ConfigDict,
          saved_tokenizer: tokenizer_lib.Tokenizer | None = None) -> Splits:
   """The text dataset `config.name`, tokenized by `saved_tokenizer` if the run has one."""
-  if config.get('tokenizer', '') not in tokenizer_lib.KINDS:
-    raise ConfigError(f'dataset.tokenizer={config.get("tokenizer")!r} is not supported; allowed: '
-                      f'{", ".join(tokenizer_lib.KINDS)}')
+  check_choice('dataset.tokenizer', config.get('tokenizer', ''), tokenizer_lib.KINDS)
   if config.name in LM_DATASETS:
     return _language_model(config, saved_tokenizer)
   return _classification(config, saved_tokenizer)

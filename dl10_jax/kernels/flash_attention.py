@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import _flash_math, _flash_tpu, _flash_triton
 
 BACKENDS = ('triton', 'tpu')
@@ -222,9 +222,7 @@ def resolve_backend(backend: str | None, interpret: Any) -> str:
   An explicit backend is trusted (so the kernels export for a platform this machine lacks).
   """
   if backend is not None:
-    if backend not in BACKENDS:
-      raise ConfigError(f'flash attention backend={backend!r} is not supported; allowed: '
-                        f'{", ".join(BACKENDS)}')
+    check_choice('flash attention backend', backend, BACKENDS)
     return backend
   platform = jax.default_backend()
   if platform == 'tpu':

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import _lstm_kernels
 
 BACKENDS = ('triton', 'tpu')
@@ -131,8 +130,7 @@ def override_blocks(blocks: LstmBlocks, override: tuple[int, ...]) -> LstmBlocks
 
 
 def check_backend(backend: str) -> None:
-  if backend not in BACKENDS:
-    raise ConfigError(f'LSTM kernel backend {backend!r} is unknown; allowed: {", ".join(BACKENDS)}')
+  check_choice('LSTM kernel backend', backend, BACKENDS)
 
 
 def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F32,

@@ -67,8 +67,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
   flash_ok: the Pallas kernel can compute this call (its mask, head dim and dtype).
   cudnn_ok: cuDNN can (head dim, no weights asked for); the dtype is checked here.
   """
-  if impl not in IMPLS:
-    raise ConfigError(f'attention_impl={impl!r} is not supported; allowed: {", ".join(IMPLS)}')
+  check_choice('attention_impl', impl, IMPLS)
   backend = jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
   if impl == 'auto':

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
 
@@ -34,8 +34,7 @@ def resolve_conv_impl(impl: str, kernel_shape: tuple[int, ...] = (3, 3, 1, 1),
   (16 channels) 4x faster with XLA's, so they keep it. Micro-batched 3x3s (the seed CNN's chunks
   of 16 inside a scan) are 13x faster as patches: that config asks for 'patches'.
   """
-  if impl not in CONV_IMPLS:
-    raise ConfigError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
+  check_choice('conv_impl', impl, CONV_IMPLS)
   if impl == 'xla' or jax.default_backend() != 'cpu':
     return 'xla'
   if impl == 'patches':
@@ -111,8 +110,7 @@ class Conv2D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
     groups = self.feature_group_count
-    if self.padding not in PADDINGS:
-      raise ConfigError(f'padding={self.padding!r} is not supported; allowed: {", ".join(PADDINGS)}')
+    check_choice('padding', self.padding, PADDINGS)
     if x.shape[-1] % groups or self.features % groups:
       raise ConfigError(f'feature_group_count={groups} must divide the input channels '
                         f'({x.shape[-1]}) and the output channels ({self.features})')

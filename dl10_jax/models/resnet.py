@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models.layers import Conv2D, batch_norm, kaiming_normal
 
 IMAGENET_STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
@@ -91,8 +91,7 @@ class Bottleneck(nn.Module):
 
 def architecture(style: str, depth: int) -> tuple[type[nn.Module], tuple[int, ...], tuple[int, ...]]:
   """(block, blocks per stage, channels per stage) of a named ResNet."""
-  if style not in STYLES:
-    raise ConfigError(f'model.style={style!r} is not supported; allowed: {", ".join(STYLES)}')
+  check_choice('model.style', style, STYLES)
   if style == 'imagenet':
     if depth not in IMAGENET_STAGES:
       raise ConfigError(f'model.depth={depth} is not an ImageNet ResNet; allowed: '
@@ -118,9 +117,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     block, stages, widths = architecture(self.style, self.depth)
-    if self.shortcut not in SHORTCUTS:
-      raise ConfigError(f'model.shortcut={self.shortcut!r} is not supported; allowed: '
-                        f'{", ".join(SHORTCUTS)}')
+    check_choice('model.shortcut', self.shortcut, SHORTCUTS)
     if self.shortcut == 'pad' and self.style == 'imagenet':
       raise ConfigError("model.shortcut='pad' is for CIFAR ResNets; ImageNet ResNets use "
                         "'projection'")
