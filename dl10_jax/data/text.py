@@ -77,17 +77,13 @@ class Windows:
 
 # --- The cache. ---
 
-def _cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-  return pathlib.Path(config.get('cache_dir') or runtime.cache_root())
-
-
 def _cached(config: ml_collections.ConfigDict, key: dict[str, Any],
             build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   """`build()`'s arrays, from the cache if an entry for `key` (+ the code) exists."""
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
   for path in _CODE:
     digest.update(path.read_bytes())
-  path = _cache_dir(config) / f'{key["dataset"]}-{digest.hexdigest()[:16]}.npz'
+  path = runtime.cache_root(config.get('cache_dir', '')) / f'{key["dataset"]}-{digest.hexdigest()[:16]}.npz'
   try:
     with np.load(path, allow_pickle=False) as f:
       return dict(f)

@@ -37,7 +37,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 from dl10_jax import runtime
 from dl10_jax.errors import ConfigError, check_choice
@@ -47,16 +46,6 @@ IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'pallas_interpret', 'auto')
 SCORES = ('dot', 'additive')
 MASKED = float(jnp.finfo(jnp.float32).min)  # The score of a masked key: softmax weight 0, no NaN.
 BLOCK = 64  # Query block of `blocked`.
-
-
-@functools.lru_cache(maxsize=None)
-def _log_choice(choice: str, reason: str) -> None:
-  logging.info('attention_impl=auto uses %s (%s)', choice, reason)
-
-
-@functools.lru_cache(maxsize=None)
-def _log_fallback(impl: str, reason: str) -> None:
-  logging.info('attention_impl=%s runs xla here (%s)', impl, reason)
 
 
 def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
@@ -80,7 +69,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
       choice = 'blocked'
     else:
       choice = 'xla'
-    _log_choice(choice, reason)
+    runtime.log_once(f'attention_impl=auto uses {choice} ({reason})')
     return choice
   if impl == 'blocked' and not causal_only:
     return 'xla'  # Blocks only pay for causal self-attention; anything else is plain attention.
@@ -209,11 +198,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if flash_ok:
       return flash_attention.flash_attention(q, k, v, causal=causal, kv_valid=kv_valid,
                                              scale=scale, interpret=impl == 'pallas_interpret')
-    _log_fallback(impl, 'the weights were asked for' if return_weights else
-                  f'mask {mask.shape}, head dim {q.shape[-1]}, {jnp.dtype(q.dtype).name}')
+    reason = ('the weights were asked for' if return_weights else
+              f'mask {mask.shape}, head dim {q.shape[-1]}, {jnp.dtype(q.dtype).name}')
+    runtime.log_once(f'attention_impl={impl} runs xla here ({reason})')
     impl = 'xla'
   if impl == 'cudnn' and return_weights:
-    _log_fallback(impl, 'the weights were asked for')
+    runtime.log_once(f'attention_impl={impl} runs xla here (the weights were asked for)')
     impl = 'xla'
   if impl == 'blocked' and not return_weights:
     return _blocked_causal(q, k, v, scale)

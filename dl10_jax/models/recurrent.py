@@ -31,8 +31,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import logging
 
+from dl10_jax import runtime
 from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import lstm as lstm_kernel
 
@@ -75,11 +75,6 @@ def reference_recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry
   return hs, carry
 
 
-@functools.lru_cache(maxsize=None)
-def _log_choice(choice: str, reason: str) -> None:
-  logging.info('lstm_impl=auto uses %s (%s)', choice, reason)
-
-
 def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
                       blocks: tuple[int, ...] = ()) -> tuple[str, lstm_kernel.LstmBlocks | None]:
   """('xla', None) for the scan, or (kernel variant, its blocks); one error line if impl can't run.
@@ -93,7 +88,7 @@ def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
   variant = INTERPRET_IMPLS.get(impl) or KERNEL_BACKENDS.get(platform)
   if variant is None:
     if impl == 'auto':
-      _log_choice('xla', f'{platform}: the Pallas LSTM runs on GPU or TPU')
+      runtime.log_once(f'lstm_impl=auto uses xla ({platform}: the Pallas LSTM runs on GPU or TPU)')
       return 'xla', None
     raise ConfigError(f'model.lstm_impl=pallas needs a GPU or TPU, but the backend is {platform}; '
                       'use xla or auto')
@@ -105,8 +100,8 @@ def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
       lstm_kernel.padded_hidden(variant, hidden) > lstm_kernel.TRITON_AUTO_MAX_HIDDEN):
     reason = reason or f'on GPUs the scan is faster at hidden {hidden}'
   if impl == 'auto':
-    _log_choice('xla' if reason else f'pallas ({variant})',
-                reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}')
+    why = reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}'
+    runtime.log_once(f'lstm_impl=auto uses {"xla" if reason else f"pallas ({variant})"} ({why})')
     return ('xla', None) if reason else (variant, chosen)
   if reason:
     raise ConfigError(f'model.lstm_impl={impl}: {reason}')
