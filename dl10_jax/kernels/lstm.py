@@ -37,11 +37,12 @@ F32 = jnp.float32
 TPU_VMEM_BUDGET = 32 * 2**20  # Of the blocks' buffers; the rest of the 48 MiB limit is Mosaic's.
 TRITON_RESIDENT_BYTES = 64 * 2**10  # W_hh up to this stays in registers across the time loop.
 # Otherwise each step stages a gate's [Hp, Hp] W_hh slice and the [bB, Hp] h tile through shared
-# memory. Measured on an H200: fp32 H 256 asked 256 KiB, bf16 H 512 528 KiB, of the 227 KiB a
-# Hopper program may use; 160 KiB also fits an A100's 164 KiB.
+# memory, which must fit one program's share (Hopper's and, with this bound, an A100's too); past
+# it the kernel does not compile, so `unsupported_reason` refuses it in one line instead
+# (experiments/kernels/README.md has the sizes that failed).
 TRITON_SHARED_BYTES = 160 * 2**10
-# The widest (padded) hidden at which `lstm_impl=auto` takes the Triton kernel: at 256 the scan
-# was faster on an H200 (the kernel 0.65x at batch 64, 0.85x at 512; 1.2-1.4x at 128).
+# The widest (padded) hidden at which `lstm_impl=auto` takes the Triton kernel: wider, the
+# latency-bound step loses to the scan (experiments/kernels/README.md, "LSTM layer").
 TRITON_AUTO_MAX_HIDDEN = 128
 
 
@@ -94,7 +95,7 @@ def choose_blocks(backend: str, batch: int, time: int, hidden: int, x_dtype=F32,
   inputs), time blocks of up to 32 steps (amortizing the ~0.35 µs per grid step), shrinking time to
   8, then batch, then time again until the buffers fit `TPU_VMEM_BUDGET`. Triton: batch blocks of
   16 rows, 8 warps from Hp = 128: the step is latency-bound, so more programs beat bigger tiles
-  (H200, bf16, H 128, T 256: 16 rows 1.15-1.42x the scan, 32 rows 0.67-1.18x, 64 rows 0.29-0.65x).
+  (the block sweep in experiments/kernels/README.md).
   """
   check_backend(backend)
   w_dtype = x_dtype if w_dtype is None else w_dtype

@@ -17,8 +17,7 @@ when a faster implementation arrives (`config.model.attention_impl`):
 - `auto`: the fastest measured for the backend, dtype and shape, logged once: on a GPU with
   16-bit inputs `cudnn` where it applies (head dim a multiple of 8 up to 128, no weights asked
   for), else `pallas`; on a TPU `pallas` for 16-bit inputs; `blocked` for causal on CPU; else
-  `xla`. (H200: cuDNN's forward + backward was 1.1-1.9x the Pallas kernel's, which was 1.3-1.75x
-  jax's Triton `mha` and 1.6-3.8x `xla`: experiments/kernels/README.md.)
+  `xla`. That order is the measured one (experiments/kernels/README.md).
 
 Layout [B, T, H, D] (batch, time, heads, head dim) as in `jax.nn.dot_product_attention`; keys and
 values may have fewer heads than queries (grouped-query attention).

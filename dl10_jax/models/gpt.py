@@ -1,4 +1,4 @@
-"""GPT (seed algorithm 6): a decoder-only Transformer language model (Radford et al. 2018/2019).
+"""GPT: a decoder-only Transformer language model (Radford et al. 2018/2019).
 
 Token + learned position embeddings (or rotary position embeddings instead), pre-LN blocks of
 causal multi-head self-attention and a GELU MLP, a final LayerNorm, and the output projection tied

@@ -1,4 +1,4 @@
-"""Hard attention (seed algorithm 8): select k of the inputs instead of weighting all of them.
+"""Hard attention: select k of the inputs instead of weighting all of them.
 
 A selection is not differentiable, so each kind trains it another way:
 

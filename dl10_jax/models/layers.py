@@ -3,7 +3,7 @@ Transformer building blocks of GPT and the Transformer (`rotary` position embedd
 `MLP` and `residual_init`, the init of every projection that writes into the residual stream).
 
 XLA's native convolution is the right choice on GPU and TPU. On CPU (Eigen) it is several times
-slower than the explicit forms here for depthwise and 1x1 convolutions, and for the seed CNN's
+slower than the explicit forms here for depthwise and 1x1 convolutions, and for the CNN's
 micro-batched 3x3s; the backward of `reduce_window` max-pooling is slow there too.
 `Conv2D(impl='auto')` picks per backend and kernel form (`resolve_conv_impl`); both paths have the
 same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
@@ -29,10 +29,10 @@ def resolve_conv_impl(impl: str, kernel_shape: tuple[int, ...] = (3, 3, 1, 1),
   """The implementation `impl` means for a kernel [kh, kw, Cin/groups, Cout] on this backend.
 
   On GPU and TPU every impl but an explicit 'xla' is XLA's convolution too: 'patches' names the
-  CPU fast path. 'auto' on CPU, as measured (fwd + bwd, batch 64): depthwise 3x3 as patches is 5-9x
-  faster than Eigen's convolution and a 1x1 as a matmul 2.5x; whole-batch dense 3x3s are a draw or
-  (16 channels) 4x faster with XLA's, so they keep it. Micro-batched 3x3s (the seed CNN's chunks
-  of 16 inside a scan) are 13x faster as patches: that config asks for 'patches'.
+  CPU fast path. 'auto' on CPU takes patches where Eigen's convolution is the slow one: depthwise
+  kernels and 1x1s (a plain matmul); whole-batch dense 3x3s keep XLA's, which is as fast or
+  faster. Micro-batched 3x3s (the CNN's small chunks inside a scan) are much faster as patches:
+  that config asks for 'patches' (figures: experiments/lightweight/README.md).
   """
   check_choice('conv_impl', impl, CONV_IMPLS)
   if impl == 'xla' or jax.default_backend() != 'cpu':

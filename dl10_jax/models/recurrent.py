@@ -1,4 +1,4 @@
-"""Recurrent networks (seed algorithms 2 and 3): the Elman RNN and the LSTM.
+"""Recurrent networks: the Elman RNN and the LSTM.
 
 Both cells follow the standard equations, with the input projection of every time step hoisted out
 of the recurrence as one matmul (the loop does only h_{t-1} @ W_hh):

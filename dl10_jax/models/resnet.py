@@ -1,4 +1,4 @@
-"""Seed algorithm 9: residual networks (He et al. 2015, "Deep residual learning").
+"""Residual networks (He et al. 2015, "Deep residual learning").
 
 Two families share the blocks:
 - ImageNet ResNet-18/34/50/101/152 (`style='imagenet'`): 7x7/2 stem + 3x3/2 max-pool, four stages

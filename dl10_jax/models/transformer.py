@@ -1,4 +1,4 @@
-"""The Transformer (seed algorithm 4; Vaswani et al. 2017) with pre-LN blocks (Xiong et al. 2020).
+"""The Transformer (Vaswani et al. 2017) with pre-LN blocks (Xiong et al. 2020).
 
 Encoder block: x + Drop(MHA(LN(x))), then x + MLP(LN(x)); a decoder block adds cross-attention to
 the encoder output between causal self-attention and the MLP. Attention is
