@@ -9,7 +9,7 @@ fused projections (`CausalSelfAttention`); its `attention_impl` switch never cha
 The MLP, rotary embeddings and the residual init are `layers`', shared with the Transformer.
 
 `extend` runs the model incrementally over a fixed-shape key/value cache (`init_cache`), for
-sampling (dl10_jax/sampling.py).
+sampling (models/decoding.generate).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class GPT(nn.Module):
     matmul_params = sum(x.size for k, v in params.items() if k != 'wpe' for x in jax.tree.leaves(v))
     return 6.0 * matmul_params + 12.0 * self.num_layers * self.width * seq_len
 
-  # --- Incremental decoding with a key/value cache (dl10_jax/sampling.py). ---
+  # --- Incremental decoding with a key/value cache (models/decoding.generate). ---
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
     shape = (batch_size, max_len, self.num_heads, self.width // self.num_heads)

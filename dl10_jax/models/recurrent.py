@@ -311,7 +311,7 @@ class RecurrentLM(nn.Module):
     return 6.0 * sum(x.size for k, v in params.items() if k not in lookup
                      for x in jax.tree.leaves(v))
 
-  # --- Incremental decoding (dl10_jax/sampling.py): the cache is the recurrent state. ---
+  # --- Incremental decoding (models/decoding.generate): the cache is the recurrent state. ---
 
   def init_cache(self, batch_size: int, max_len: int) -> list[Carry]:
     del max_len  # A recurrent state has a fixed size.
