@@ -50,14 +50,18 @@ class Shortcut(nn.Module):
     return batch_norm(train, self.dtype, name='bn')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; out channels = features."""
+class ResidualBlock(nn.Module):
+  """What both blocks are built from; `conv` makes their convolutions (models/layers.Conv2D)."""
   features: int
   strides: int
   shortcut: str
   zero_init_residual: bool
   conv: Callable[..., nn.Module]
   dtype: Any
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs; out channels = features."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -69,14 +73,8 @@ class BasicBlock(nn.Module):
                                 self.dtype)(x, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 reduce, 3x3 (strided), 1x1 expand to 4 * features."""
-  features: int
-  strides: int
-  shortcut: str
-  zero_init_residual: bool
-  conv: Callable[..., nn.Module]
-  dtype: Any
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
