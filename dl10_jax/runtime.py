@@ -11,6 +11,8 @@ import glob
 import os
 import pathlib
 
+from absl import logging
+
 # XLA:CPU flags to add by default: those that made training steps faster on this project's CPUs
 # without making any family slower. None has yet: on a quiet 2-core Xeon, XNNPACK graph fusion
 # and oneDNN fusions (the candidates jax 0.12 offers) were within noise of no flags for all nine
@@ -64,9 +66,19 @@ def allocator_advice() -> str | None:
           '`make run` does this)')
 
 
-def cache_root() -> pathlib.Path:
-  """The project's cache directory: $DL10_CACHE_DIR, else $XDG_CACHE_HOME/dl10_jax or
-  ~/.cache/dl10_jax (data under a read-only data dir cannot hold derived files)."""
+@functools.lru_cache(maxsize=None)
+def log_once(message: str) -> None:
+  """Logs `message` (INFO) the first time this process asks: a choice made on every trace (which
+  implementation runs a shape) is worth one line, not one per call."""
+  logging.info('%s', message)
+
+
+def cache_root(configured: str = '') -> pathlib.Path:
+  """The project's cache directory: `configured` (a config's cache_dir), $DL10_CACHE_DIR, else
+  $XDG_CACHE_HOME/dl10_jax or ~/.cache/dl10_jax (data under a read-only data dir cannot hold
+  derived files)."""
+  if configured:
+    return pathlib.Path(configured)
   if os.environ.get('DL10_CACHE_DIR'):
     return pathlib.Path(os.environ['DL10_CACHE_DIR'])
   base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'

@@ -99,7 +99,7 @@ def sample_text(exp: Any, state: Any) -> list[str]:
   import jax
   import jax.numpy as jnp
 
-  from dl10_jax import sampling
+  from dl10_jax.models import decoding as sampling
   from dl10_jax.errors import ConfigError
 
   tokenizer = exp.splits.tokenizer

@@ -143,7 +143,7 @@ class _RecurrentLM(nn.Module):
 
 
 def _rotary(x: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
-  """models/gpt.rotary of x [B, H, T, D] at positions 0..T-1 (halves, not interleaved pairs)."""
+  """models/layers.rotary of x [B, H, T, D] at positions 0..T-1 (halves, not interleaved pairs)."""
   half = x.shape[-1] // 2
   freqs = base ** (-torch.arange(half, dtype=torch.float32) / half)
   angles = torch.arange(x.shape[-2], dtype=torch.float32)[:, None] * freqs[None, :]  # [T, D/2]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import TRITON_CALL, export_for
-from dl10_jax import models
+from dl10_jax import models, runtime
 from dl10_jax.errors import ConfigError
 from dl10_jax.kernels import _lstm_kernels
 from dl10_jax.kernels import lstm as lstm_kernel
@@ -219,7 +219,7 @@ def test_a_bad_or_unavailable_impl_is_one_clear_line():
 
 
 def test_auto_is_the_scan_on_cpu_and_logs_once(caplog):
-  recurrent._log_choice.cache_clear()
+  runtime.log_once.cache_clear()
   with caplog.at_level(logging.INFO):
     for _ in range(2):
       assert recurrent.resolve_lstm_impl('auto', *_shapes()) == ('xla', None)

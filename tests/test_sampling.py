@@ -3,36 +3,44 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from dl10_jax import sampling
-from dl10_jax.models import gpt
+from dl10_jax.errors import ConfigError
+from dl10_jax.models import cnn, decoding, gpt, recurrent
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():
   logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
   kept = lambda f: np.isfinite(np.asarray(f))[0].tolist()
-  assert kept(sampling.filter_logits(logits, 1.0, 2, 1.0)) == [True, True, False, False, False]
+  assert kept(decoding.filter_logits(logits, 1.0, 2, 1.0)) == [True, True, False, False, False]
   # The smallest set reaching 0.8: 0.5 + 0.2 + 0.15.
-  assert kept(sampling.filter_logits(logits, 1.0, 0, 0.8)) == [True, True, True, False, False]
-  assert kept(sampling.filter_logits(logits, 1.0, 0, 0.3)) == [True, False, False, False, False]
-  np.testing.assert_allclose(sampling.filter_logits(logits, 0.5, 0, 1.0), logits * 2)
+  assert kept(decoding.filter_logits(logits, 1.0, 0, 0.8)) == [True, True, True, False, False]
+  assert kept(decoding.filter_logits(logits, 1.0, 0, 0.3)) == [True, False, False, False, False]
+  np.testing.assert_allclose(decoding.filter_logits(logits, 0.5, 0, 1.0), logits * 2)
 
 
 def test_greedy_generation_is_the_argmax_chain_and_compiles_once():
   model = gpt.GPT(vocab_size=13, block_size=32, num_layers=2, width=16, num_heads=2)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
   prompt = jnp.array([3, 1, 4], jnp.int32)
-  out = sampling.generate(model, params, prompt, max_new_tokens=6, temperature=0)
+  out = decoding.generate(model, params, prompt, max_new_tokens=6, temperature=0)
   context = list(prompt)
   for _ in range(6):  # Full recomputation, one token at a time.
     logits = model.apply({'params': params}, jnp.array([context]))
     context.append(int(jnp.argmax(logits[0, -1])))
   assert out.tolist() == [context[3:]]
-  sampling._generate.clear_cache()
+  decoding._generate.clear_cache()
   for prompt_len in (1, 2, 5, 7):  # One bucket of 8: one compilation.
-    sampling.generate(model, params, jnp.arange(prompt_len, dtype=jnp.int32) % 13,
+    decoding.generate(model, params, jnp.arange(prompt_len, dtype=jnp.int32) % 13,
                       max_new_tokens=6, temperature=0)
-  assert sampling._generate._cache_size() == 1
+  assert decoding._generate._cache_size() == 1
+
+
+def test_only_incremental_language_models_generate():
+  assert isinstance(gpt.GPT(vocab_size=13), decoding.IncrementalLM)
+  assert isinstance(recurrent.RecurrentLM(vocab_size=13), decoding.IncrementalLM)
+  with pytest.raises(ConfigError, match='CNN cannot generate tokens: it has no init_cache'):
+    decoding.generate(cnn.CNN(), {}, jnp.array([1], jnp.int32), max_new_tokens=2)
 
 
 def test_what_a_run_samples_follows_its_objective_class():

@@ -3,6 +3,7 @@ parameters really split, checkpoints restored across meshes, clear errors for im
 
 import functools
 import math
+import re
 
 import jax
 import ml_collections
@@ -136,3 +137,27 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
   assert final['eval_loss'] == pytest.approx(
       [m for m in read_metrics(tmp_path / 'straight') if 'eval_loss' in m][-1]['eval_loss'],
       rel=1e-5)
+
+
+def test_the_tensor_rules_name_layers_that_gpt_and_the_transformer_have():
+  """Renaming qkv, proj, fc, query, key, value or out would silently stop tensor parallelism."""
+  from dl10_jax.models import gpt, transformer
+  tokens = jax.ShapeDtypeStruct((1, 8), np.int32)
+  trees = [jax.eval_shape(gpt.GPT(vocab_size=16, num_layers=1, width=16, num_heads=2).init,
+                          jax.random.PRNGKey(0), tokens),
+           jax.eval_shape(transformer.EncoderDecoder(vocab_size=16, num_layers=1, width=16,
+                                                     num_heads=2).init,
+                          jax.random.PRNGKey(0), (tokens, tokens))]
+  leaves = [(sharding.path_name(p), tuple(x.shape)) for tree in trees
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+  for pattern, rule in sharding.TENSOR_RULES:
+    assert any(sharding.tensor_rule(path, shape) == rule and re.search(pattern, path)
+               for path, shape in leaves), pattern
+
+
+def test_a_tensor_axis_that_splits_nothing_is_named():
+  conv = {'params': {'conv0': {'kernel': jax.ShapeDtypeStruct((3, 3, 1, 8), np.float32)}}}
+  assert 'mesh.tensor=2 splits nothing' in sharding.unsplit_tensor_axis(conv, _mesh(tensor=2))
+  assert sharding.unsplit_tensor_axis(conv, _mesh()) is None
+  qkv = {'params': {'attn': {'qkv': {'kernel': jax.ShapeDtypeStruct((16, 3, 2, 8), np.float32)}}}}
+  assert sharding.unsplit_tensor_axis(qkv, _mesh(tensor=2)) is None

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from dl10_jax.data.sources import Splits
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 
 DATASETS = ('algorithmic',)
 TASKS = ('reverse', 'sort', 'add')
@@ -93,14 +93,11 @@ class AlgorithmicSource:
 def load(config: ml_collections.ConfigDict) -> Splits:
   """The task `config.task` (the `dataset` sub-config): train and grouped eval sources."""
   task, lo, hi = config.task, config.min_len, config.max_len
-  if task not in TASKS:
-    raise ConfigError(f'dataset.task={task!r} is not supported; allowed: {", ".join(TASKS)}')
+  check_choice('dataset.task', task, TASKS)
   if not 1 <= lo <= hi:
     raise ConfigError(f'dataset.min_len={lo} and dataset.max_len={hi} need 1 <= min_len <= max_len')
   digit_order = config.get('digit_order', 'msd')
-  if digit_order not in DIGIT_ORDERS:
-    raise ConfigError(f'dataset.digit_order={digit_order!r} is not supported; allowed: '
-                      f'{", ".join(DIGIT_ORDERS)}')
+  check_choice('dataset.digit_order', digit_order, DIGIT_ORDERS)
   eval_lengths = tuple(config.eval_lengths)
   if any(n < 1 for n in eval_lengths):
     raise ConfigError(f'dataset.eval_lengths={eval_lengths} must all be >= 1')

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from dl10_jax.data import idx
-from dl10_jax.errors import ConfigError, DataError
+from dl10_jax.errors import ConfigError, DataError, check_choice
 
 IDX_DATASETS = ('fashion_mnist', 'mnist')
 SOURCES = ('auto', 'idx', 'tfds')
@@ -124,8 +124,7 @@ def _tfds(name: str, data_dir: str) -> Splits:
 def load_images(config: ml_collections.ConfigDict) -> Splits:
   """The image dataset `config` (the `dataset` sub-config) names: IDX files or TFDS."""
   name, source = config.name, config.get('source', 'auto')
-  if source not in SOURCES:
-    raise ConfigError(f'dataset.source={source!r} is not supported; allowed: {", ".join(SOURCES)}')
+  check_choice('dataset.source', source, SOURCES)
   directory = idx.default_dir(name, config.data_dir) if name in IDX_DATASETS else None
   if source == 'idx' and name not in IDX_DATASETS:
     raise ConfigError(f'dataset.source=idx supports only {", ".join(IDX_DATASETS)}, not {name!r}')

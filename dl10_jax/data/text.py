@@ -28,7 +28,7 @@ import numpy as np
 from dl10_jax import runtime
 from dl10_jax.data import shakespeare, tokenizer as tokenizer_lib
 from dl10_jax.data.sources import ArraySource, Splits
-from dl10_jax.errors import ConfigError, DataError
+from dl10_jax.errors import ConfigError, DataError, check_choice
 
 LM_DATASETS = ('shakespeare_char', 'text_file', 'tiny_shakespeare')
 CLASSIFICATION_DATASETS = ('shakespeare_genre', 'imdb_reviews')
@@ -77,17 +77,13 @@ class Windows:
 
 # --- The cache. ---
 
-def _cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
-  return pathlib.Path(config.get('cache_dir') or runtime.cache_root())
-
-
 def _cached(config: ml_collections.ConfigDict, key: dict[str, Any],
             build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   """`build()`'s arrays, from the cache if an entry for `key` (+ the code) exists."""
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
   for path in _CODE:
     digest.update(path.read_bytes())
-  path = _cache_dir(config) / f'{key["dataset"]}-{digest.hexdigest()[:16]}.npz'
+  path = runtime.cache_root(config.get('cache_dir', '')) / f'{key["dataset"]}-{digest.hexdigest()[:16]}.npz'
   try:
     with np.load(path, allow_pickle=False) as f:
       return dict(f)
@@ -283,9 +279,7 @@ def _classification(config: ml_collections.ConfigDict,
 def load(config: ml_collections.ConfigDict,
          saved_tokenizer: tokenizer_lib.Tokenizer | None = None) -> Splits:
   """The text dataset `config.name`, tokenized by `saved_tokenizer` if the run has one."""
-  if config.get('tokenizer', '') not in tokenizer_lib.KINDS:
-    raise ConfigError(f'dataset.tokenizer={config.get("tokenizer")!r} is not supported; allowed: '
-                      f'{", ".join(tokenizer_lib.KINDS)}')
+  check_choice('dataset.tokenizer', config.get('tokenizer', ''), tokenizer_lib.KINDS)
   if config.name in LM_DATASETS:
     return _language_model(config, saved_tokenizer)
   return _classification(config, saved_tokenizer)

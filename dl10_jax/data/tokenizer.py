@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from dl10_jax.errors import ConfigError, DataError
+from dl10_jax.errors import ConfigError, DataError, check_choice
 
 KINDS = ('char', 'byte', 'bpe', 'word')
 _UNKNOWN_CHAR = '\ufffd'  # What id 0 of the char tokenizer decodes to.
@@ -167,8 +167,7 @@ class WordTokenizer(Tokenizer):
 
 def build(kind: str, train_text: str | list[str], vocab_size: int = 0) -> Tokenizer:
   """A tokenizer of `kind` built from the training split (`vocab_size` for bpe and word)."""
-  if kind not in KINDS:
-    raise ConfigError(f'dataset.tokenizer={kind!r} is not supported; allowed: {", ".join(KINDS)}')
+  check_choice('dataset.tokenizer', kind, KINDS)
   if kind in ('bpe', 'word') and vocab_size < (257 if kind == 'bpe' else 3):
     raise ConfigError(f'dataset.vocab_size={vocab_size} is too small for the {kind} tokenizer; '
                       f'use at least {257 if kind == "bpe" else 3}')

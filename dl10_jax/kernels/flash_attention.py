@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import _flash_math, _flash_tpu, _flash_triton
 
 BACKENDS = ('triton', 'tpu')
@@ -79,9 +79,9 @@ class BlockSizes:
 # Preferred blocks (forward q, forward k, backward q, backward k) before fitting to the lengths.
 # Triton: a program holds a [bq, D] query tile and [bk, D] key / value tiles in registers and
 # shared memory, so bigger head dims and 4-byte inputs get smaller tiles. From the FlashAttention-2
-# Triton tutorial's choices, except the 16-bit D <= 128 row: 128 x 128 throughout was 1.2-1.4x
-# faster forward + backward than 128 x 64 / 64 x 64 on an H200 (experiments/kernels/README.md);
-# the D <= 64 row held against the alternatives swept there. The fp32 rows are unmeasured.
+# Triton tutorial's choices, except the 16-bit D <= 128 row, where a block sweep found 128 x 128
+# throughout faster than 128 x 64 / 64 x 64 (experiments/kernels/README.md); the D <= 64 row held
+# against the alternatives swept there. The fp32 rows are the tutorial's, not swept.
 # TPU: one grid step costs ~0.35 us of overhead, so blocks are as large as VMEM comfortably holds
 # (scores [bq, bk] float32 = 1 MiB at 512 x 512); long sequences get the large blocks.
 _TRITON_TABLE = {  # (head dim <=, 16-bit inputs) -> blocks
@@ -222,9 +222,7 @@ def resolve_backend(backend: str | None, interpret: Any) -> str:
   An explicit backend is trusted (so the kernels export for a platform this machine lacks).
   """
   if backend is not None:
-    if backend not in BACKENDS:
-      raise ConfigError(f'flash attention backend={backend!r} is not supported; allowed: '
-                        f'{", ".join(BACKENDS)}')
+    check_choice('flash attention backend', backend, BACKENDS)
     return backend
   platform = jax.default_backend()
   if platform == 'tpu':

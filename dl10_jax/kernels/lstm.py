@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import _lstm_kernels
 
 BACKENDS = ('triton', 'tpu')
@@ -38,11 +37,12 @@ F32 = jnp.float32
 TPU_VMEM_BUDGET = 32 * 2**20  # Of the blocks' buffers; the rest of the 48 MiB limit is Mosaic's.
 TRITON_RESIDENT_BYTES = 64 * 2**10  # W_hh up to this stays in registers across the time loop.
 # Otherwise each step stages a gate's [Hp, Hp] W_hh slice and the [bB, Hp] h tile through shared
-# memory. Measured on an H200: fp32 H 256 asked 256 KiB, bf16 H 512 528 KiB, of the 227 KiB a
-# Hopper program may use; 160 KiB also fits an A100's 164 KiB.
+# memory, which must fit one program's share (Hopper's and, with this bound, an A100's too); past
+# it the kernel does not compile, so `unsupported_reason` refuses it in one line instead
+# (experiments/kernels/README.md has the sizes that failed).
 TRITON_SHARED_BYTES = 160 * 2**10
-# The widest (padded) hidden at which `lstm_impl=auto` takes the Triton kernel: at 256 the scan
-# was faster on an H200 (the kernel 0.65x at batch 64, 0.85x at 512; 1.2-1.4x at 128).
+# The widest (padded) hidden at which `lstm_impl=auto` takes the Triton kernel: wider, the
+# latency-bound step loses to the scan (experiments/kernels/README.md, "LSTM layer").
 TRITON_AUTO_MAX_HIDDEN = 128
 
 
@@ -95,7 +95,7 @@ def choose_blocks(backend: str, batch: int, time: int, hidden: int, x_dtype=F32,
   inputs), time blocks of up to 32 steps (amortizing the ~0.35 µs per grid step), shrinking time to
   8, then batch, then time again until the buffers fit `TPU_VMEM_BUDGET`. Triton: batch blocks of
   16 rows, 8 warps from Hp = 128: the step is latency-bound, so more programs beat bigger tiles
-  (H200, bf16, H 128, T 256: 16 rows 1.15-1.42x the scan, 32 rows 0.67-1.18x, 64 rows 0.29-0.65x).
+  (the block sweep in experiments/kernels/README.md).
   """
   check_backend(backend)
   w_dtype = x_dtype if w_dtype is None else w_dtype
@@ -131,8 +131,7 @@ def override_blocks(blocks: LstmBlocks, override: tuple[int, ...]) -> LstmBlocks
 
 
 def check_backend(backend: str) -> None:
-  if backend not in BACKENDS:
-    raise ConfigError(f'LSTM kernel backend {backend!r} is unknown; allowed: {", ".join(BACKENDS)}')
+  check_choice('LSTM kernel backend', backend, BACKENDS)
 
 
 def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F32,
@@ -166,28 +165,14 @@ def unsupported_reason(backend: str, blocks: LstmBlocks, hidden: int, x_dtype=F3
 
 def reference_lstm(xw: jax.Array, w_hh: jax.Array, h0: jax.Array, c0: jax.Array,
                    mask: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """The recurrence as a `lax.scan`, differentiated by JAX: what the kernels are tested against.
+  """The model's LSTM recurrence as a `lax.scan`, differentiated by JAX: what the kernels are
+  tested against (`models.recurrent.reference_recurrence`, so kernel and model share one cell).
 
   xw [T, B, 4H] (input projections, bias included), w_hh [H, 4H], h0 and c0 [B, H], mask [T, B]
   (0: keep the state, output 0). Returns the outputs [T, B, H] and the final (h, c) [B, H], fp32.
   """
-  hidden = w_hh.shape[0]
-  if mask is None:
-    mask = jnp.ones(xw.shape[:2], F32)
-
-  def step(carry, inputs):
-    h, c = carry
-    xw_t, m_t = inputs
-    z = xw_t.astype(F32) + jnp.dot(h.astype(w_hh.dtype), w_hh, preferred_element_type=F32)
-    i, f, g, o = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-    keep = m_t[:, None].astype(F32) > 0
-    h, c = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
-    return (h, c), jnp.where(keep, h_new, 0.0)
-
-  (h, c), ys = jax.lax.scan(step, (h0.astype(F32), c0.astype(F32)), (xw, mask))
-  return ys, (h, c)
+  from dl10_jax.models import recurrent  # Imported here: the model imports this module.
+  return recurrent.reference_recurrence('lstm', xw, w_hh, (h0, c0), mask)
 
 
 # --- The kernels behind a custom VJP, on padded arrays. ---

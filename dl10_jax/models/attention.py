@@ -17,15 +17,15 @@ when a faster implementation arrives (`config.model.attention_impl`):
 - `auto`: the fastest measured for the backend, dtype and shape, logged once: on a GPU with
   16-bit inputs `cudnn` where it applies (head dim a multiple of 8 up to 128, no weights asked
   for), else `pallas`; on a TPU `pallas` for 16-bit inputs; `blocked` for causal on CPU; else
-  `xla`. (H200: cuDNN's forward + backward was 1.1-1.9x the Pallas kernel's, which was 1.3-1.75x
-  jax's Triton `mha` and 1.6-3.8x `xla`: experiments/kernels/README.md.)
+  `xla`. That order is the measured one (experiments/kernels/README.md).
 
 Layout [B, T, H, D] (batch, time, heads, head dim) as in `jax.nn.dot_product_attention`; keys and
 values may have fewer heads than queries (grouped-query attention).
 
-`MultiHeadAttention` is the soft attention layer every model uses (self- or cross-attention, scaled
-dot-product or additive scores, masks, weights on request). The hard kinds (hard_attention.py)
-subclass it and replace only the step from scores to weights, so a config swaps them by one field.
+`MultiHeadAttention` is the one attention layer every model uses (self- or cross-attention, scaled
+dot-product or additive scores, masks, weights on request, a key/value cache for decoding). The
+hard kinds (hard_attention.py) subclass it and replace only the step from scores to weights, so a
+config swaps them by one field; GPT's subclass replaces only the projections (gpt.py).
 """
 
 from __future__ import annotations
@@ -36,25 +36,15 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import logging
 
-from dl10_jax.errors import ConfigError
+from dl10_jax import runtime
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import flash_attention
 
 IMPLS = ('xla', 'blocked', 'cudnn', 'pallas', 'pallas_interpret', 'auto')
 SCORES = ('dot', 'additive')
 MASKED = float(jnp.finfo(jnp.float32).min)  # The score of a masked key: softmax weight 0, no NaN.
 BLOCK = 64  # Query block of `blocked`.
-
-
-@functools.lru_cache(maxsize=None)
-def _log_choice(choice: str, reason: str) -> None:
-  logging.info('attention_impl=auto uses %s (%s)', choice, reason)
-
-
-@functools.lru_cache(maxsize=None)
-def _log_fallback(impl: str, reason: str) -> None:
-  logging.info('attention_impl=%s runs xla here (%s)', impl, reason)
 
 
 def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
@@ -65,8 +55,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
   flash_ok: the Pallas kernel can compute this call (its mask, head dim and dtype).
   cudnn_ok: cuDNN can (head dim, no weights asked for); the dtype is checked here.
   """
-  if impl not in IMPLS:
-    raise ConfigError(f'attention_impl={impl!r} is not supported; allowed: {", ".join(IMPLS)}')
+  check_choice('attention_impl', impl, IMPLS)
   backend = jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
   if impl == 'auto':
@@ -79,7 +68,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
       choice = 'blocked'
     else:
       choice = 'xla'
-    _log_choice(choice, reason)
+    runtime.log_once(f'attention_impl=auto uses {choice} ({reason})')
     return choice
   if impl == 'blocked' and not causal_only:
     return 'xla'  # Blocks only pay for causal self-attention; anything else is plain attention.
@@ -91,6 +80,14 @@ def resolve_impl(impl: str, dtype: jnp.dtype, causal_only: bool = False,
                       'use xla or auto (pallas_interpret runs the kernel in the Pallas '
                       'interpreter, for tests)')
   return impl
+
+
+def check_heads(width: int, num_heads: int) -> None:
+  """The one-line error for a model width that does not split into heads of an even dimension
+  (rotary position embeddings turn pairs of features)."""
+  if width % num_heads or (width // num_heads) % 2:
+    raise ConfigError(f'model.width={width} must be a multiple of model.num_heads={num_heads} '
+                      'with an even head dimension')
 
 
 def make_mask(q_len: int, k_len: int, *, causal: bool = False, q_offset: jax.Array | int = 0,
@@ -200,11 +197,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if flash_ok:
       return flash_attention.flash_attention(q, k, v, causal=causal, kv_valid=kv_valid,
                                              scale=scale, interpret=impl == 'pallas_interpret')
-    _log_fallback(impl, 'the weights were asked for' if return_weights else
-                  f'mask {mask.shape}, head dim {q.shape[-1]}, {jnp.dtype(q.dtype).name}')
+    reason = ('the weights were asked for' if return_weights else
+              f'mask {mask.shape}, head dim {q.shape[-1]}, {jnp.dtype(q.dtype).name}')
+    runtime.log_once(f'attention_impl={impl} runs xla here ({reason})')
     impl = 'xla'
   if impl == 'cudnn' and return_weights:
-    _log_fallback(impl, 'the weights were asked for')
+    runtime.log_once(f'attention_impl={impl} runs xla here (the weights were asked for)')
     impl = 'xla'
   if impl == 'blocked' and not return_weights:
     return _blocked_causal(q, k, v, scale)
@@ -260,13 +258,18 @@ def attend(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 # --- The soft attention layer. ---
 
+Cache = dict[str, jax.Array]  # A layer's {'k', 'v'}: [B, max_len, K, D].
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: project, score, normalise (softmax here), weight the values, project.
 
-  Self-attention when `inputs_kv` is None, else cross-attention. Dot-product scores run through
-  `dot_product_attention` (so `attention_impl` applies); additive scores, and any call that asks
-  for the weights, run in plain jnp. `rotate` (e.g. gpt.rotary) turns queries and keys by their
-  positions 0..T-1 (self-attention). Subclasses override `normalize` only.
+  The one attention layer of every model. Self-attention when `inputs_kv` is None, else
+  cross-attention. Dot-product scores run through `dot_product_attention` (so `attention_impl`
+  applies); additive scores, and any call that asks for the weights, run in plain jnp. `rotate`
+  (e.g. layers.rotary) turns queries and keys by their positions (self-attention). A `cache`
+  makes it incremental causal self-attention (decoding). Subclasses override `normalize` (the
+  hard kinds) or `project` / `project_out` (GPT's fused layout) only.
   """
   num_heads: int = 1
   num_kv_heads: int = 0  # 0: num_heads; a divisor of it: grouped-query attention.
@@ -283,15 +286,17 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None, *,
                mask: jax.Array | None = None, causal: bool = False, train: bool = False,
-               step: jax.Array | None = None, return_weights: bool = False):
+               step: jax.Array | None = None, return_weights: bool = False,
+               cache: Cache | None = None, start: jax.Array | int = 0):
     """inputs_q [B, Tq, Dq], inputs_kv [B, Tk, Dk] -> [B, Tq, out] (and weights [B, H, Tq, Tk]).
 
     mask: boolean, broadcastable to [B, H, Tq, Tk] (attention.make_mask: padding, segments).
     step: the training step, for kinds with a schedule (hard_attention.GumbelAttention).
+    cache, start: the inputs are positions start..start+Tq-1 of a sequence whose earlier keys and
+    values the cache holds; their own are written at `start`, each query sees the keys up to its
+    position, and the updated cache is returned last.
     """
-    if self.score not in SCORES:
-      raise ConfigError(f'attention score={self.score!r} is not supported; allowed: '
-                        f'{", ".join(SCORES)}')
+    check_choice('attention score', self.score, SCORES)
     if self.attention_impl not in IMPLS:
       resolve_impl(self.attention_impl, self.dtype)  # Raises the one-line error.
     kv_heads = self.num_kv_heads or self.num_heads
@@ -300,12 +305,17 @@ class MultiHeadAttention(nn.Module):
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     width = inputs_q.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
-    dense = functools.partial(nn.DenseGeneral, dtype=self.dtype)
-    q = dense((self.num_heads, head_dim), name='query')(inputs_q)  # [B, Tq, H, D]
-    k = dense((kv_heads, head_dim), name='key')(inputs_kv)  # [B, Tk, K, D]
-    v = dense((kv_heads, head_dim), name='value')(inputs_kv)
+    q, k, v = self.project(inputs_q, inputs_kv, kv_heads, head_dim)
     if self.rotate is not None:
-      q, k = self.rotate(q, jnp.arange(q.shape[1])), self.rotate(k, jnp.arange(k.shape[1]))
+      q = self.rotate(q, start + jnp.arange(q.shape[1]))
+      k = self.rotate(k, start + jnp.arange(k.shape[1]))
+    if cache is not None:  # Write this chunk at `start`, attend to everything written up to it.
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], x.astype(cache[name].dtype),
+                                                  (0, start, 0, 0))
+               for name, x in (('k', k), ('v', v))}
+      k, v = cache['k'].astype(q.dtype), cache['v'].astype(q.dtype)
+      causal_mask = make_mask(q.shape[1], k.shape[1], causal=True, q_offset=start)
+      mask, causal = causal_mask if mask is None else mask & causal_mask, False
     if self.score == 'dot' and self.softmax_weights and not return_weights:
       out, weights = dot_product_attention(q, k, v, mask=mask, causal=causal,
                                            impl=self.attention_impl), None
@@ -318,10 +328,24 @@ class MultiHeadAttention(nn.Module):
         scores = additive_scores(q, k, w, mask=mask, causal=causal)
       weights = self.normalize(scores, q, k, train=train, step=step)  # [B, H, Tq, Tk]
       out = attend(weights, v)
-    y = nn.DenseGeneral(self.out_features or width, axis=(-2, -1), dtype=self.dtype,
-                        kernel_init=self.out_init, name='out')(out)
+    y = self.project_out(out, self.out_features or width)
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    return (y, weights) if return_weights else y
+    extra = ((weights,) if return_weights else ()) + ((cache,) if cache is not None else ())
+    return (y, *extra) if extra else y
+
+  def project(self, inputs_q: jax.Array, inputs_kv: jax.Array, kv_heads: int,
+              head_dim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, Tq, H, D], k and v [B, Tk, K, D]: separate `query`, `key` and `value` projections."""
+    dense = functools.partial(nn.DenseGeneral, dtype=self.dtype)
+    q = dense((self.num_heads, head_dim), name='query')(inputs_q)
+    k = dense((kv_heads, head_dim), name='key')(inputs_kv)
+    v = dense((kv_heads, head_dim), name='value')(inputs_kv)
+    return q, k, v
+
+  def project_out(self, out: jax.Array, features: int) -> jax.Array:
+    """[B, Tq, H, D] -> [B, Tq, features] by `out`, a kernel [H, D, features]."""
+    return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, kernel_init=self.out_init,
+                           name='out')(out)
 
   def normalize(self, scores: jax.Array, q: jax.Array, k: jax.Array, *, train: bool,
                 step: jax.Array | None) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Soft vs hard attention (seed algorithm 8) on translated images: attend to where the object is.
+"""Soft vs hard attention on translated images: attend to where the object is.
 
 A small CNN turns the canvas into a grid of feature vectors (60x60 -> 15x15 x 64: conv 32 5x5/2,
 conv 64 5x5/2, conv 64 3x3), a learned query attends over the grid locations, and a classifier reads

@@ -1,8 +1,8 @@
-"""The seed CNN (algorithm 1): two 3x3 convolutions, a 2x2 max-pool, two dense layers.
+"""The baseline CNN: two 3x3 convolutions, a 2x2 max-pool, two dense layers.
 
 Conv(32, 3x3, relu) -> Conv(64, 3x3, relu) -> MaxPool 2x2 -> Flatten -> Dense(128, relu) -> Dense(C),
-VALID padding as in the seed (28x28 -> 26 -> 24 -> 12). Returns logits; the loss lives in the
-objective (dl10_jax/train/classification.py).
+VALID padding (28x28 -> 26 -> 24 -> 12). Returns logits; the loss lives in the objective
+(dl10_jax/train/classification.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ConvTower(nn.Module):
 
 
 class CNN(nn.Module):
-  """The seed CNN; `conv_impl` changes how it runs, never what it computes."""
+  """The baseline CNN; `conv_impl` changes how it runs, never what it computes."""
   num_classes: int = 10
   conv_features: tuple[int, ...] = (32, 64)
   dense_features: int = 128
@@ -39,7 +39,7 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train  # No dropout or batch-norm in the seed recipe.
+    del train  # The baseline has no dropout or batch norm.
     x = ConvTower(self.conv_features, self.conv_impl, self.dtype, name='features')(x)
     x = x.reshape(x.shape[0], -1)  # [B, 12 * 12 * 64] for 28x28 inputs.
     x = nn.relu(nn.Dense(self.dense_features, dtype=self.dtype)(x))

@@ -37,8 +37,8 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   Computed as one 3x3 convolution to the 2x2 output phases (4 * Cout channels) and a
   depth-to-space: output phase a reads input offsets w - 1 (w in 0..2) through tap t = 3 - 2w + a.
-  On CPU this is 2x faster, forward + backward, than XLA's input-dilated convolution (which
-  nn.ConvTranspose lowers to); tests/test_gan.py checks it against the adjoint of the strided conv.
+  On CPU this is faster, forward + backward, than XLA's input-dilated convolution (which
+  nn.ConvTranspose lowers to; experiments/gan/README.md); tests/test_gan.py checks it against the adjoint of the strided conv.
   """
   w, a = np.arange(3)[:, None], np.arange(2)[None, :]
   taps = 3 - 2 * w + a  # [3 offsets, 2 phases]

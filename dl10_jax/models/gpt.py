@@ -1,14 +1,15 @@
-"""GPT (seed algorithm 6): a decoder-only Transformer language model (Radford et al. 2018/2019).
+"""GPT: a decoder-only Transformer language model (Radford et al. 2018/2019).
 
 Token + learned position embeddings (or rotary position embeddings instead), pre-LN blocks of
 causal multi-head self-attention and a GELU MLP, a final LayerNorm, and the output projection tied
 to the token embedding. GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by
 1/sqrt(2 n_layer). Dropout on embeddings and residual branches (not on attention probabilities, so
-that fused attention kernels apply). Attention goes through `attention.dot_product_attention`,
-whose `attention_impl` switch never changes the model.
+that fused attention kernels apply). Attention is `attention.MultiHeadAttention` with GPT-2's
+fused projections (`CausalSelfAttention`); its `attention_impl` switch never changes the model.
+The MLP, rotary embeddings and the residual init are `layers`', shared with the Transformer.
 
 `extend` runs the model incrementally over a fixed-shape key/value cache (`init_cache`), for
-sampling (dl10_jax/sampling.py).
+sampling (models/decoding.generate).
 """
 
 from __future__ import annotations
@@ -20,74 +21,31 @@ import jax
 import jax.numpy as jnp
 
 from dl10_jax.config_recipes import GPT_SIZES as SIZES  # Named sizes, where configs read them.
-from dl10_jax.errors import ConfigError
-from dl10_jax.models import attention
+from dl10_jax.errors import ConfigError, check_choice
+from dl10_jax.models import attention, layers
 
 POSITIONS = ('learned', 'rotary')
-Cache = list[dict[str, jax.Array]]  # Per layer {'k', 'v'}: [B, max_len, H, D].
+Cache = list[attention.Cache]  # Per layer {'k', 'v'}: [B, max_len, H, D].
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T]."""
-  half = x.shape[-1] // 2
-  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
-  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
-  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+class CausalSelfAttention(attention.MultiHeadAttention):
+  """GPT-2's layout of the attention layer: one fused `qkv` projection and a flat `proj`.
 
+  The qkv kernel [W, 3, H, D] keeps heads an axis of their own, so tensor parallelism splits them
+  (train/sharding.py) and each device holds whole heads of q, k and v.
+  """
 
-class CausalSelfAttention(nn.Module):
-  num_heads: int
-  residual_init: Any
-  positions: str = 'learned'
-  dropout_rate: float = 0.0
-  attention_impl: str = 'xla'
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool, cache: dict[str, jax.Array] | None = None,
-               start: jax.Array | int = 0):
-    b, t, width = x.shape
-    head_dim = width // self.num_heads
-    # One fused projection with kernel [W, 3, H, D]: heads are an axis of their own, so tensor
-    # parallelism splits them (train/sharding.py) and each device holds whole heads of q, k, v.
+  def project(self, inputs_q: jax.Array, inputs_kv: jax.Array, kv_heads: int,
+              head_dim: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    del inputs_kv, kv_heads  # Self-attention, as many key heads as query heads.
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
-                          kernel_init=nn.initializers.normal(0.02), name='qkv')(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, 3, H, D] -> 3 x [B, T, H, D]
-    if self.positions == 'rotary':
-      pos = start + jnp.arange(t)
-      q, k = rotary(q, pos), rotary(k, pos)
-    if cache is None:
-      y = attention.dot_product_attention(q, k, v, causal=True, impl=self.attention_impl)
-    else:  # Write this chunk at `start`, attend to everything written up to each query.
-      cache = {'k': jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
-                                                 (0, start, 0, 0)),
-               'v': jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype),
-                                                 (0, start, 0, 0))}
-      mask = attention.make_mask(t, cache['k'].shape[1], causal=True, q_offset=start)
-      y = attention.dot_product_attention(q, cache['k'].astype(q.dtype),
-                                          cache['v'].astype(q.dtype), mask=mask,
-                                          impl=self.attention_impl)
-    y = nn.Dense(width, dtype=self.dtype, kernel_init=self.residual_init,
-                 name='proj')(y.reshape(b, t, width))
-    return nn.Dropout(self.dropout_rate, deterministic=not train)(y), cache
+                          kernel_init=nn.initializers.normal(0.02), name='qkv')(inputs_q)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, 3, H, D] -> 3 x [B, T, H, D]
 
-
-class MLP(nn.Module):
-  residual_init: Any
-  ratio: int = 4
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    width = x.shape[-1]
-    h = nn.Dense(self.ratio * width, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
-                 name='fc')(x)
-    h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation.
-    h = nn.Dense(width, dtype=self.dtype, kernel_init=self.residual_init, name='proj')(h)
-    return nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+  def project_out(self, out: jax.Array, features: int) -> jax.Array:
+    b, t = out.shape[:2]
+    return nn.Dense(features, dtype=self.dtype, kernel_init=self.out_init,
+                    name='proj')(out.reshape(b, t, -1))
 
 
 class Block(nn.Module):
@@ -102,13 +60,18 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool, cache=None, start=0):
-    residual_init = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
-    y, cache = CausalSelfAttention(self.num_heads, residual_init, self.positions,
-                                   self.dropout_rate, self.attention_impl, self.dtype,
-                                   name='attn')(nn.LayerNorm(dtype=self.dtype, name='ln1')(x),
-                                                train, cache, start)
-    x = x + y
-    x = x + MLP(residual_init, self.mlp_ratio, self.dropout_rate, self.dtype, name='mlp')(
+    init = layers.residual_init(self.num_layers)
+    attn = CausalSelfAttention(
+        num_heads=self.num_heads, attention_impl=self.attention_impl,
+        dropout_rate=self.dropout_rate, out_init=init, dtype=self.dtype, name='attn',
+        rotate=layers.rotary if self.positions == 'rotary' else None)
+    h = nn.LayerNorm(dtype=self.dtype, name='ln1')(x)
+    if cache is None:
+      x = x + attn(h, causal=True, train=train)
+    else:
+      y, cache = attn(h, train=train, cache=cache, start=start)
+      x = x + y
+    x = x + layers.MLP(init, self.mlp_ratio, self.dropout_rate, self.dtype, name='mlp')(
         nn.LayerNorm(dtype=self.dtype, name='ln2')(x), train)
     return x, cache
 
@@ -127,12 +90,8 @@ class GPT(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.positions not in POSITIONS:
-      raise ConfigError(f'model.positions={self.positions!r} is not supported; allowed: '
-                        f'{", ".join(POSITIONS)}')
-    if self.width % self.num_heads or (self.width // self.num_heads) % 2:
-      raise ConfigError(f'model.width={self.width} must be a multiple of model.num_heads='
-                        f'{self.num_heads} with an even head dimension')
+    check_choice('model.positions', self.positions, POSITIONS)
+    attention.check_heads(self.width, self.num_heads)
     init = nn.initializers.normal(0.02)
     self.wte = nn.Embed(self.vocab_size, self.width, embedding_init=init, dtype=self.dtype)
     if self.positions == 'learned':
@@ -166,7 +125,7 @@ class GPT(nn.Module):
     matmul_params = sum(x.size for k, v in params.items() if k != 'wpe' for x in jax.tree.leaves(v))
     return 6.0 * matmul_params + 12.0 * self.num_layers * self.width * seq_len
 
-  # --- Incremental decoding with a key/value cache (dl10_jax/sampling.py). ---
+  # --- Incremental decoding with a key/value cache (models/decoding.generate). ---
 
   def init_cache(self, batch_size: int, max_len: int) -> Cache:
     shape = (batch_size, max_len, self.num_heads, self.width // self.num_heads)

@@ -1,4 +1,4 @@
-"""Hard attention (seed algorithm 8): select k of the inputs instead of weighting all of them.
+"""Hard attention: select k of the inputs instead of weighting all of them.
 
 A selection is not differentiable, so each kind trains it another way:
 
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models.attention import MultiHeadAttention
 
 TOPK_ESTIMATORS = ('straight_through', 'perturbed')
@@ -164,9 +164,7 @@ class TopKAttention(HardAttention):
   num_perturbations: int = 8
 
   def select(self, scores, q, k, step):
-    if self.topk_estimator not in TOPK_ESTIMATORS:
-      raise ConfigError(f'model.topk_estimator={self.topk_estimator!r} is not supported; '
-                        f'allowed: {", ".join(TOPK_ESTIMATORS)}')
+    check_choice('model.topk_estimator', self.topk_estimator, TOPK_ESTIMATORS)
     if self.topk_estimator == 'perturbed':
       return perturbed_topk(self.make_rng('sample'), scores, self.k, self.perturb_sigma,
                             self.num_perturbations) / self.k

@@ -1,7 +1,9 @@
-"""Layers shared by the vision models, with backend-aware implementations.
+"""Layers shared by several models: vision layers with backend-aware implementations, and the
+Transformer building blocks of GPT and the Transformer (`rotary` position embeddings, GPT-2's
+`MLP` and `residual_init`, the init of every projection that writes into the residual stream).
 
 XLA's native convolution is the right choice on GPU and TPU. On CPU (Eigen) it is several times
-slower than the explicit forms here for depthwise and 1x1 convolutions, and for the seed CNN's
+slower than the explicit forms here for depthwise and 1x1 convolutions, and for the CNN's
 micro-batched 3x3s; the backward of `reduce_window` max-pooling is slow there too.
 `Conv2D(impl='auto')` picks per backend and kernel form (`resolve_conv_impl`); both paths have the
 same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 
 CONV_IMPLS = ('auto', 'xla', 'patches')
 
@@ -27,13 +29,12 @@ def resolve_conv_impl(impl: str, kernel_shape: tuple[int, ...] = (3, 3, 1, 1),
   """The implementation `impl` means for a kernel [kh, kw, Cin/groups, Cout] on this backend.
 
   On GPU and TPU every impl but an explicit 'xla' is XLA's convolution too: 'patches' names the
-  CPU fast path. 'auto' on CPU, as measured (fwd + bwd, batch 64): depthwise 3x3 as patches is 5-9x
-  faster than Eigen's convolution and a 1x1 as a matmul 2.5x; whole-batch dense 3x3s are a draw or
-  (16 channels) 4x faster with XLA's, so they keep it. Micro-batched 3x3s (the seed CNN's chunks
-  of 16 inside a scan) are 13x faster as patches: that config asks for 'patches'.
+  CPU fast path. 'auto' on CPU takes patches where Eigen's convolution is the slow one: depthwise
+  kernels and 1x1s (a plain matmul); whole-batch dense 3x3s keep XLA's, which is as fast or
+  faster. Micro-batched 3x3s (the CNN's small chunks inside a scan) are much faster as patches:
+  that config asks for 'patches' (figures: experiments/lightweight/README.md).
   """
-  if impl not in CONV_IMPLS:
-    raise ConfigError(f'conv_impl={impl!r} is not supported; allowed: {", ".join(CONV_IMPLS)}')
+  check_choice('conv_impl', impl, CONV_IMPLS)
   if impl == 'xla' or jax.default_backend() != 'cpu':
     return 'xla'
   if impl == 'patches':
@@ -109,8 +110,7 @@ class Conv2D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
     groups = self.feature_group_count
-    if self.padding not in PADDINGS:
-      raise ConfigError(f'padding={self.padding!r} is not supported; allowed: {", ".join(PADDINGS)}')
+    check_choice('padding', self.padding, PADDINGS)
     if x.shape[-1] % groups or self.features % groups:
       raise ConfigError(f'feature_group_count={groups} must divide the input channels '
                         f'({x.shape[-1]}) and the output channels ({self.features})')
@@ -174,3 +174,42 @@ def _max_pool_2x2_bwd(residuals, g):
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+# --- Transformer building blocks. ---
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T]."""
+  half = x.shape[-1] // 2
+  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
+  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
+
+
+def residual_init(num_layers: int) -> nn.initializers.Initializer:
+  """GPT-2's init of a projection into the residual stream: N(0, 0.02 / sqrt(2 num_layers)).
+
+  Each of the 2 num_layers residual branches adds to the stream; scaling keeps its variance at
+  initialisation independent of depth.
+  """
+  return nn.initializers.normal(0.02 / (2 * num_layers) ** 0.5)
+
+
+class MLP(nn.Module):
+  """GPT-2's position-wise MLP: `fc` (ratio x wider), tanh-approximated GELU, `proj` back."""
+  residual_init: Any
+  ratio: int = 4
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    width = x.shape[-1]
+    h = nn.Dense(self.ratio * width, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                 name='fc')(x)
+    h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation.
+    h = nn.Dense(width, dtype=self.dtype, kernel_init=self.residual_init, name='proj')(h)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(h)

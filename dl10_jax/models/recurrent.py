@@ -1,4 +1,4 @@
-"""Recurrent networks (seed algorithms 2 and 3): the Elman RNN and the LSTM.
+"""Recurrent networks: the Elman RNN and the LSTM.
 
 Both cells follow the standard equations, with the input projection of every time step hoisted out
 of the recurrence as one matmul (the loop does only h_{t-1} @ W_hh):
@@ -31,8 +31,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import logging
 
+from dl10_jax import runtime
 from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.kernels import lstm as lstm_kernel
 
@@ -44,8 +44,8 @@ POOLINGS = ('last', 'mean')
 Carry = tuple[jax.Array, ...]  # (h,) for the RNN, (h, c) for the LSTM; each [B, H] float32.
 
 
-def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
-  """Gate activations and the new state from pre-activations z [B, G*H] (float32)."""
+def cell_step(cell: str, z: jax.Array, c_prev: jax.Array | None):
+  """The cell: (h, c, gate activations) from pre-activations z [B, G*H] (float32) and c_{t-1}."""
   if cell == 'rnn':
     h = jnp.tanh(z)
     return h, None, h
@@ -57,25 +57,22 @@ def _step(cell: str, z: jax.Array, c_prev: jax.Array | None):
 
 def reference_recurrence(cell: str, xw: jax.Array, w_hh: jax.Array, carry: Carry,
                          mask: jax.Array | None = None) -> tuple[jax.Array, Carry]:
-  """The plain `lax.scan` recurrence, differentiated by JAX: what `recurrence` is tested against."""
+  """The plain `lax.scan` recurrence, differentiated by JAX: what `recurrence` and the LSTM kernel
+  (kernels/lstm.reference_lstm) are tested against. h_{t-1} @ W_hh accumulates in float32."""
 
   def step(carry, inputs):
     xw_t, m_t = inputs
-    z = xw_t.astype(jnp.float32) + (carry[0].astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
-    h, c, _ = _step(cell, z, carry[1] if cell == 'lstm' else None)
+    z = xw_t.astype(jnp.float32) + jnp.dot(carry[0].astype(w_hh.dtype), w_hh,
+                                           preferred_element_type=jnp.float32)
+    h, c, _ = cell_step(cell, z, carry[1] if cell == 'lstm' else None)
     new = (h, c) if cell == 'lstm' else (h,)
     if m_t is None:
       return new, h
     keep = m_t[:, None] > 0
     return tuple(jnp.where(keep, n, old) for n, old in zip(new, carry)), jnp.where(keep, h, 0.0)
 
-  carry, hs = jax.lax.scan(step, carry, (xw, mask))
+  carry, hs = jax.lax.scan(step, tuple(x.astype(jnp.float32) for x in carry), (xw, mask))
   return hs, carry
-
-
-@functools.lru_cache(maxsize=None)
-def _log_choice(choice: str, reason: str) -> None:
-  logging.info('lstm_impl=auto uses %s (%s)', choice, reason)
 
 
 def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
@@ -91,7 +88,7 @@ def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
   variant = INTERPRET_IMPLS.get(impl) or KERNEL_BACKENDS.get(platform)
   if variant is None:
     if impl == 'auto':
-      _log_choice('xla', f'{platform}: the Pallas LSTM runs on GPU or TPU')
+      runtime.log_once(f'lstm_impl=auto uses xla ({platform}: the Pallas LSTM runs on GPU or TPU)')
       return 'xla', None
     raise ConfigError(f'model.lstm_impl=pallas needs a GPU or TPU, but the backend is {platform}; '
                       'use xla or auto')
@@ -103,8 +100,8 @@ def resolve_lstm_impl(impl: str, xw: jax.Array, w_hh: jax.Array,
       lstm_kernel.padded_hidden(variant, hidden) > lstm_kernel.TRITON_AUTO_MAX_HIDDEN):
     reason = reason or f'on GPUs the scan is faster at hidden {hidden}'
   if impl == 'auto':
-    _log_choice('xla' if reason else f'pallas ({variant})',
-                reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}')
+    why = reason or f'{platform}, hidden {hidden}, {jnp.dtype(xw.dtype).name}, {chosen}'
+    runtime.log_once(f'lstm_impl=auto uses {"xla" if reason else f"pallas ({variant})"} ({why})')
     return ('xla', None) if reason else (variant, chosen)
   if reason:
     raise ConfigError(f'model.lstm_impl={impl}: {reason}')
@@ -123,7 +120,7 @@ def _scan_fwd(cell, has_mask, xw, w_hh, h0, c0, mask):
     h_prev, c_prev = carry
     xw_t, m_t = inputs
     z = xw_t.astype(jnp.float32) + (h_prev.astype(w_hh.dtype) @ w_hh).astype(jnp.float32)
-    h, c, acts = _step(cell, z, c_prev)
+    h, c, acts = cell_step(cell, z, c_prev)
     if cell == 'rnn':
       c = c_prev  # Unused: a [B, 0] placeholder.
     y = h
@@ -314,7 +311,7 @@ class RecurrentLM(nn.Module):
     return 6.0 * sum(x.size for k, v in params.items() if k not in lookup
                      for x in jax.tree.leaves(v))
 
-  # --- Incremental decoding (dl10_jax/sampling.py): the cache is the recurrent state. ---
+  # --- Incremental decoding (models/decoding.generate): the cache is the recurrent state. ---
 
   def init_cache(self, batch_size: int, max_len: int) -> list[Carry]:
     del max_len  # A recurrent state has a fixed size.

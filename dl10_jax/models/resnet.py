@@ -1,4 +1,4 @@
-"""Seed algorithm 9: residual networks (He et al. 2015, "Deep residual learning").
+"""Residual networks (He et al. 2015, "Deep residual learning").
 
 Two families share the blocks:
 - ImageNet ResNet-18/34/50/101/152 (`style='imagenet'`): 7x7/2 stem + 3x3/2 max-pool, four stages
@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models.layers import Conv2D, batch_norm, kaiming_normal
 
 IMAGENET_STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
@@ -50,14 +50,18 @@ class Shortcut(nn.Module):
     return batch_norm(train, self.dtype, name='bn')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; out channels = features."""
+class ResidualBlock(nn.Module):
+  """What both blocks are built from; `conv` makes their convolutions (models/layers.Conv2D)."""
   features: int
   strides: int
   shortcut: str
   zero_init_residual: bool
   conv: Callable[..., nn.Module]
   dtype: Any
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs; out channels = features."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -69,14 +73,8 @@ class BasicBlock(nn.Module):
                                 self.dtype)(x, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 reduce, 3x3 (strided), 1x1 expand to 4 * features."""
-  features: int
-  strides: int
-  shortcut: str
-  zero_init_residual: bool
-  conv: Callable[..., nn.Module]
-  dtype: Any
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -91,8 +89,7 @@ class Bottleneck(nn.Module):
 
 def architecture(style: str, depth: int) -> tuple[type[nn.Module], tuple[int, ...], tuple[int, ...]]:
   """(block, blocks per stage, channels per stage) of a named ResNet."""
-  if style not in STYLES:
-    raise ConfigError(f'model.style={style!r} is not supported; allowed: {", ".join(STYLES)}')
+  check_choice('model.style', style, STYLES)
   if style == 'imagenet':
     if depth not in IMAGENET_STAGES:
       raise ConfigError(f'model.depth={depth} is not an ImageNet ResNet; allowed: '
@@ -118,9 +115,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     block, stages, widths = architecture(self.style, self.depth)
-    if self.shortcut not in SHORTCUTS:
-      raise ConfigError(f'model.shortcut={self.shortcut!r} is not supported; allowed: '
-                        f'{", ".join(SHORTCUTS)}')
+    check_choice('model.shortcut', self.shortcut, SHORTCUTS)
     if self.shortcut == 'pad' and self.style == 'imagenet':
       raise ConfigError("model.shortcut='pad' is for CIFAR ResNets; ImageNet ResNets use "
                         "'projection'")

@@ -1,10 +1,11 @@
-"""The Transformer (seed algorithm 4; Vaswani et al. 2017) with pre-LN blocks (Xiong et al. 2020).
+"""The Transformer (Vaswani et al. 2017) with pre-LN blocks (Xiong et al. 2020).
 
 Encoder block: x + Drop(MHA(LN(x))), then x + MLP(LN(x)); a decoder block adds cross-attention to
 the encoder output between causal self-attention and the MLP. Attention is
 `attention.MultiHeadAttention` (so `attention_impl` and additive scores work unchanged), the MLP is
-GPT's. Positions: `sinusoidal` (fixed, added), `learned` (a table of `max_len`, added) or `rotary`
-(gpt.rotary on the queries and keys of self-attention; relative, nothing added).
+GPT-2's (`layers.MLP`). Positions: `sinusoidal` (fixed, added), `learned` (a table of `max_len`,
+added) or `rotary` (`layers.rotary` on the queries and keys of self-attention; relative, nothing
+added).
 
 Models: `TransformerClassifier` (token ids with 0 pads, or images read as rows -> CLS token or
 masked mean -> logits) and `EncoderDecoder` (teacher-forced logits; `encode` / `decode` for the jitted
@@ -21,16 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from dl10_jax.errors import ConfigError, check_choice
-from dl10_jax.models import attention, gpt
+from dl10_jax.models import attention, layers
 
 POSITIONS = ('sinusoidal', 'learned', 'rotary')
 POOLINGS = ('cls', 'mean')
-
-
-def _check_heads(width: int, num_heads: int) -> None:
-  if width % num_heads or (width // num_heads) % 2:
-    raise ConfigError(f'model.width={width} must be a multiple of model.num_heads={num_heads} '
-                      'with an even head dimension')
 
 
 def sinusoidal(positions: jax.Array, width: int, base: float = 10_000.0) -> jax.Array:
@@ -76,19 +71,19 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool, *, causal: bool = False,
                memory: jax.Array | None = None, memory_mask: jax.Array | None = None):
-    residual_init = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
+    residual_init = layers.residual_init(self.num_layers)
     mha = functools.partial(attention.MultiHeadAttention, num_heads=self.num_heads,
                             score=self.score, attention_impl=self.attention_impl,
                             dropout_rate=self.dropout_rate, out_init=residual_init,
                             dtype=self.dtype)
-    rotate = gpt.rotary if self.positions == 'rotary' else None
+    rotate = layers.rotary if self.positions == 'rotary' else None
     ln = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
     x = x + mha(rotate=rotate, name='self_attn')(ln('ln1')(x), mask=mask, causal=causal,
                                                  train=train)
     if memory is not None:  # Queries from the decoder, keys and values from the encoder.
       x = x + mha(name='cross_attn')(ln('ln_cross')(x), memory, mask=memory_mask, train=train)
-    return x + gpt.MLP(residual_init, self.mlp_ratio, self.dropout_rate, self.dtype,
-                       name='mlp')(ln('ln2')(x), train)
+    return x + layers.MLP(residual_init, self.mlp_ratio, self.dropout_rate, self.dtype,
+                          name='mlp')(ln('ln2')(x), train)
 
 
 class TransformerClassifier(nn.Module):
@@ -114,7 +109,7 @@ class TransformerClassifier(nn.Module):
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     check_choice('model.pooling', self.pooling, POOLINGS)
-    _check_heads(self.width, self.num_heads)
+    attention.check_heads(self.width, self.num_heads)
     if jnp.issubdtype(inputs.dtype, jnp.integer):
       if self.vocab_size < 1:
         raise ConfigError('model.vocab_size must be set (> 0) for token inputs')
@@ -167,7 +162,7 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     check_choice('model.positions', self.positions, POSITIONS)
-    _check_heads(self.width, self.num_heads)
+    attention.check_heads(self.width, self.num_heads)
     self.embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(1.0),
                           dtype=self.dtype)
     self.src_pos = Positions(self.positions, self.max_len, self.dtype)

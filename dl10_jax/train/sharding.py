@@ -9,7 +9,9 @@ The mesh has three axes, sized by `config.mesh` (one may be -1, "the rest of the
           by the rules of `TENSOR_RULES`; batches replicated along it.
 The layout of every array follows from its path in the state and its shape, by the rules kept in
 this one file, so models carry no sharding code and the trainer stays model-agnostic: a new model
-gets FSDP for free, and tensor parallelism by naming its layers as GPT and the Transformer do.
+gets FSDP for free, and tensor parallelism by naming its layers as GPT and the Transformer do
+(`TENSOR_RULES`). A tensor axis over a model with none of those layers splits nothing: every device
+along it computes the same, and `state_sharding` warns.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from dl10_jax.errors import ConfigError
@@ -96,20 +99,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def tensor_rule(path: str, shape: tuple[int, ...]) -> tuple[str | None, ...] | None:
+  """The `TENSOR_RULES` spec of the array at `path`, or None if tensor parallelism leaves it whole."""
+  for pattern, rule in TENSOR_RULES:
+    if len(rule) == len(shape) and re.search(pattern, path):
+      return rule
+  return None
+
+
 def array_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
   """Where one array of the train state lives: tensor rules first, then FSDP on the rest."""
   spec: list[str | None] = [None] * len(shape)
-  if mesh.shape['tensor'] > 1:
-    for pattern, rule in TENSOR_RULES:
-      if len(rule) == len(shape) and re.search(pattern, path):
-        for dim, axis in enumerate(rule):
-          if axis and shape[dim] % mesh.shape[axis]:
-            raise ConfigError(
-                f'mesh.{axis}={mesh.shape[axis]} does not divide dimension {dim} (size '
-                f'{shape[dim]}) of {path} {tuple(shape)}: its heads or hidden units; use a '
-                f'{axis} size that divides {shape[dim]}')
-          spec[dim] = axis
-        break
+  rule = tensor_rule(path, shape) if mesh.shape['tensor'] > 1 else None
+  for dim, axis in enumerate(rule or ()):
+    if axis and shape[dim] % mesh.shape[axis]:
+      raise ConfigError(
+          f'mesh.{axis}={mesh.shape[axis]} does not divide dimension {dim} (size '
+          f'{shape[dim]}) of {path} {tuple(shape)}: its heads or hidden units; use a '
+          f'{axis} size that divides {shape[dim]}')
+    spec[dim] = axis
   n = mesh.shape['fsdp']
   if n > 1 and math.prod(shape) >= FSDP_MIN_SIZE:
     free = [d for d in range(len(shape)) if spec[d] is None and shape[d] % n == 0]
@@ -118,8 +126,22 @@ def array_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
   return P(*spec)
 
 
+def unsplit_tensor_axis(shapes: Any, mesh: Mesh) -> str | None:
+  """A warning if the mesh has a tensor axis but no array of `shapes` matches a tensor rule."""
+  n = mesh.shape['tensor']
+  leaves = jax.tree_util.tree_leaves_with_path(shapes)
+  if n == 1 or any(tensor_rule(path_name(p), tuple(x.shape)) for p, x in leaves):
+    return None
+  return (f'mesh.tensor={n} splits nothing: tensor parallelism applies only to layers named as '
+          'TENSOR_RULES (train/sharding.py) says (qkv, proj, fc; query, key, value, out) and this '
+          f'model has none, so all {n} devices along it compute the same; use mesh.tensor=1')
+
+
 def state_sharding(shapes: Any, mesh: Mesh) -> Any:
   """A NamedSharding for every leaf of an (abstract) train state, by `array_spec`."""
+  warning = unsplit_tensor_axis(shapes, mesh)
+  if warning:
+    logging.warning('%s', warning)
   return jax.tree_util.tree_map_with_path(
       lambda p, x: NamedSharding(mesh, array_spec(path_name(p), tuple(x.shape), mesh)), shapes)
 
