@@ -1,4 +1,4 @@
-"""Seed algorithm 8, soft vs hard attention, on translated Fashion-MNIST: each image at a random
+"""Soft vs hard attention on translated Fashion-MNIST: each image at a random
 place of a 60x60 canvas (the same for a record every run); a small CNN makes a 15x15 grid of
 features, attention pools it into one vector, a classifier reads it (models/attention_classifier).
 

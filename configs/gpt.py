@@ -1,4 +1,4 @@
-"""Seed algorithm 6, GPT: a decoder-only Transformer, character level on the offline Shakespeare
+"""GPT: a decoder-only Transformer, character level on the offline Shakespeare
 corpus (validation: the held-out plays, the same split as configs/lstm.py). The main job of
 `make run`. Results, curves and samples: experiments/gpt/README.md.
 

@@ -1,4 +1,4 @@
-"""Seed algorithm 3, the LSTM: a character-level language model on the offline Shakespeare corpus.
+"""The LSTM: a character-level language model on the offline Shakespeare corpus.
 
 Validation is the held-out plays (every 10th play: henry-iv-part-1, all-s-well-that-ends-well,
 cymbeline; dl10_jax/data/shakespeare.py). Results: experiments/lstm/README.md.

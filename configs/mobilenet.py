@@ -1,4 +1,4 @@
-"""Seed algorithm 10: lightweight networks on Fashion-MNIST (offline default), ResNet-20's recipe.
+"""Lightweight networks on Fashion-MNIST (offline default), ResNet-20's recipe.
 
 MobileNetV1 (default), MobileNetV2 or ShuffleNetV2 (`dl10_jax/models/mobilenet.py`) in their
 small-input form (fewer early strides for 28x28), trained exactly as configs/resnet.py trains

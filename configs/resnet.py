@@ -1,4 +1,4 @@
-"""Seed algorithm 9: ResNet-20 (He et al. 2015, the CIFAR design) on Fashion-MNIST (offline default).
+"""ResNet-20 (He et al. 2015, the CIFAR design) on Fashion-MNIST (offline default).
 
 SGD with Nesterov momentum, L2 weight decay on kernels, warmup + cosine, random crops (2 px) and
 horizontal flips as grain transforms. BatchNorm sees whole batches (microbatch_size=0); set

@@ -1,4 +1,4 @@
-"""Seed algorithm 2, the RNN: the seed's design (embedding + 2 recurrent layers + dense) on the
+"""The Elman RNN: the plain design (embedding + 2 recurrent layers + dense) on the
 offline Shakespeare genre task: which of 6 genres a passage of 16 dialogue lines is from.
 
 Split by play: one play per genre is held out (dl10_jax/data/shakespeare.py, GENRE_EVAL_PLAYS).

@@ -1,4 +1,4 @@
-"""Seed algorithm 4, the Transformer encoder as a classifier, on the tasks of the RNN and LSTM so
+"""The Transformer encoder as a classifier, on the tasks of the RNN and LSTM so
 that the three stand in one table: the offline Shakespeare genre task (default; configs/rnn.py)
 and, with `seq_fmnist`, Fashion-MNIST read as 28 rows of 28 features (configs/seq_fmnist.py).
 

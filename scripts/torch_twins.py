@@ -103,7 +103,7 @@ def _frozen_batch_stats(module: nn.Module):
       m.momentum = momentum
 
 
-# --- Seed CNN, language models, ResNet. ---
+# --- The CNN, language models, ResNet. ---
 
 
 def _cnn(config):
