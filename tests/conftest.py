@@ -17,7 +17,6 @@ import pathlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -29,6 +28,14 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
   """`python -m module args` from the repository root, as a user runs it; output captured."""
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """Every compile of the test processes goes through the project's persistent compilation cache,
+  as in `main`: a smoke config compiled by one test (or process, or earlier run) is loaded from
+  disk by the next. JAX checks once, at the first compile, whether the cache is on."""
+  from dl10_jax import runtime
+  runtime.enable_compilation_cache()
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
@@ -55,17 +62,22 @@ def cached_compile_env(cache_dir: pathlib.Path, one_device: bool = False) -> dic
   return env
 
 
-def kill_after_checkpoint(command: list[str], workdir: pathlib.Path, step: int,
-                          env: dict[str, str], timeout: float = 300) -> None:
-  """Starts the training `command` (writing into `workdir`) and SIGKILLs it as soon as the
-  checkpoint of `step` is on disk: a crash between checkpoints, with no chance to clean up."""
-  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + timeout
-  while not (workdir / 'checkpoints' / str(step)).is_dir() and time.time() < deadline:
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL
+def this_process_cache_env(one_device: bool = False) -> dict[str, str]:
+  """cached_compile_env with the compilation cache this test process uses: a subprocess then loads
+  what the test compiled in-process (and the reverse)."""
+  import jax
+  return cached_compile_env(pathlib.Path(jax.config.jax_compilation_cache_dir or 'off'),
+                            one_device)
+
+
+def run_until_killed(command: list[str], step: int, env: dict[str, str],
+                     timeout: float = 300) -> None:
+  """Runs the training `command` until it SIGKILLs itself at the end of `step` (the trainer's
+  DL10_KILL_AT_STEP): a crash with no chance to clean up, at an exact step between checkpoints."""
+  from dl10_jax.train.trainer import KILL_AT_STEP
+  result = subprocess.run(command, cwd=ROOT, env={**env, KILL_AT_STEP: str(step)},
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
 
 EXPORT_PLATFORM = {'triton': 'cuda', 'tpu': 'tpu'}
