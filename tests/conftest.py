@@ -38,6 +38,31 @@ def pytest_configure(config: pytest.Config) -> None:
   runtime.enable_compilation_cache()
 
 
+def run_main(*args: str) -> subprocess.CompletedProcess:
+  """`python -m dl10_jax.main args` run in this process (no interpreter start, no JAX import, and
+  compiled programs reused): the same flag parsing and `main`, with its exit code and output.
+  The real process is tested too (test_main.py), once per behaviour that needs one."""
+  import contextlib
+  import io
+  from absl import app, flags
+  from dl10_jax import main
+  stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+  argv, sys.argv = sys.argv, ['main', *args]  # config_flags reads overrides from sys.argv.
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      flags.FLAGS.unparse_flags()
+      app.define_help_flags()
+      main.main(main.parse_flags(sys.argv))
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else 1
+  finally:
+    sys.argv = argv
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # This config's overrides.
+      delattr(flags.FLAGS, name)
+  return subprocess.CompletedProcess(['main', *args], code, stdout.getvalue(), stderr.getvalue())
+
+
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
   """The events of a run's metrics.jsonl, in order."""
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
