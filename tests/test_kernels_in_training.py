@@ -15,6 +15,7 @@ STEPS = dict(num_train_steps=3, log_every_steps=1, eval_every_steps=3, checkpoin
              progress_bar=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_module, field, kernel, extra', [
     (gpt, 'attention_impl', 'pallas_interpret', {'warmup_steps': 1}),
     (transformer, 'attention_impl', 'pallas_interpret', {}),  # Key padding.

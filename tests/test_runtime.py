@@ -41,6 +41,7 @@ def test_compilation_cache_dir_follows_config_then_environment(monkeypatch, tmp_
   assert runtime.compilation_cache_dir() is None
 
 
+@pytest.mark.slow
 def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once(tmp_path):
   cache = tmp_path / 'xla'
   env = cached_compile_env(cache, one_device=True)
@@ -68,6 +69,7 @@ def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once
     assert metric_events(tmp_path / 'b', key) == metric_events(tmp_path / 'a', key)
 
 
+@pytest.mark.slow
 def test_compilation_cache_off_writes_nothing(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
   env['DL10_CACHE_DIR'] = str(tmp_path / 'root')
@@ -102,6 +104,7 @@ def test_setup_without_apt_ends_with_one_line_per_missing_package(tmp_path):
   assert 'libtcmalloc-minimal4' in lines[1]
 
 
+@pytest.mark.slow
 def test_benchmark_names_the_allocator_and_flags(tmp_path):
   record = tmp_path / 'record.jsonl'
   result = subprocess.run(
