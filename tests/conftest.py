@@ -76,9 +76,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
-  """`python -m dl10_jax.main args` run in this process (no interpreter start, no JAX import, and
+  """`python -m dl10_jax.main args` run in this process (no interpreter start or JAX import, and
   compiled programs reused): the same flag parsing and `main`, with its exit code and output.
-  The real process is tested too (test_main.py), once per behaviour that needs one."""
+  Real processes are tested too (test_main.py), where a behaviour needs one."""
   import contextlib
   import io
   from absl import app, flags
@@ -124,12 +124,11 @@ def cached_compile_env(cache_dir: pathlib.Path, one_device: bool = False) -> dic
   return env
 
 
-def this_process_cache_env(one_device: bool = False) -> dict[str, str]:
+def this_process_cache_env() -> dict[str, str]:
   """cached_compile_env with the compilation cache this test process uses: a subprocess then loads
   what the test compiled in-process (and the reverse)."""
   import jax
-  return cached_compile_env(pathlib.Path(jax.config.jax_compilation_cache_dir or 'off'),
-                            one_device)
+  return cached_compile_env(pathlib.Path(jax.config.jax_compilation_cache_dir or 'off'))
 
 
 def run_until_killed(command: list[str], step: int, env: dict[str, str],
