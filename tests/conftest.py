@@ -34,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
   """Every compile of the test processes goes through the project's persistent compilation cache,
   as in `main`: a smoke config compiled by one test (or process, or earlier run) is loaded from
   disk by the next. JAX checks once, at the first compile, whether the cache is on."""
+  if getattr(config.option, 'numprocesses', None) and not hasattr(config, 'workerinput'):
+    return  # The xdist controller compiles nothing: no JAX import before the workers start.
   from dl10_jax import runtime
   runtime.enable_compilation_cache()
 
