@@ -32,8 +32,8 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
 
 def pytest_configure(config: pytest.Config) -> None:
   """Every compile of the test processes goes through the project's persistent compilation cache,
-  as in `main`: a smoke config compiled by one test (or process, or earlier run) is loaded from
-  disk by the next. JAX checks once, at the first compile, whether the cache is on."""
+  as in `main`, from the first one (JAX checks once, at the first compile, whether the cache is
+  on): a process a test starts (a run killed on purpose) loads what the test compiled here."""
   if getattr(config.option, 'numprocesses', None) and not hasattr(config, 'workerinput'):
     return  # The xdist controller compiles nothing: no JAX import before the workers start.
   from dl10_jax import runtime
