@@ -8,7 +8,7 @@ WORKDIR ?= runs/$(basename $(notdir $(CONFIG)))
 TCMALLOC = $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib*/libtcmalloc_minimal.so.4))
 RUN = $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) )$(VENV)/bin/python
 
-.PHONY: setup setup-dev run test bench clean
+.PHONY: setup setup-dev run test test-fast bench clean
 
 # The virtual environment with the pinned requirements (again only when they change), then the
 # system packages: the offline Fashion-MNIST data and tcmalloc, where apt is available. Training
@@ -29,6 +29,12 @@ run: setup
 
 test: setup-dev
 	$(RUN) -m pytest -n 2 -q tests
+
+# Under 2 minutes on 2 cores: every family's model and objective tests, without the tests marked
+# `slow` (real processes, sweeps, SIGKILL and resume, smoke runs through main; the list is in
+# tests/conftest.py and on the tests themselves). `make test` runs everything.
+test-fast: setup-dev
+	$(RUN) -m pytest -n 2 -q -m "not slow" tests
 
 bench: setup-dev
 	$(RUN) scripts/benchmark.py --config $(CONFIG) --torch

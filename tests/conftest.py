@@ -17,7 +17,6 @@ import pathlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -29,6 +28,78 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
   """`python -m module args` from the repository root, as a user runs it; output captured."""
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """Every compile of the test processes goes through the project's persistent compilation cache,
+  as in `main`, from the first one (JAX checks once, at the first compile, whether the cache is
+  on): a process a test starts (a run killed on purpose) loads what the test compiled here."""
+  if getattr(config.option, 'numprocesses', None) and not hasattr(config, 'workerinput'):
+    return  # The xdist controller compiles nothing: no JAX import before the workers start.
+  from dl10_jax import runtime
+  runtime.enable_compilation_cache()
+
+
+# `make test-fast` leaves out the tests marked slow: those of these files, named here so that their
+# files need no edit (a test marked @pytest.mark.slow in its own file is left out too). Each takes
+# 5 s or more on 2 cores (a real process, a sweep, a smoke run through main or many steps); every
+# family keeps its model and objective tests in the fast set.
+SLOW_TESTS = {
+    'test_attention.py': {'test_attention_smoke_config_runs_from_the_command_line'},
+    'test_gan.py': {'test_smoke_config_through_main_then_sample'},
+    'test_language_model.py': {'test_smoke_configs_through_main_and_sample_with_one_line_errors'},
+    'test_resnet.py': {'test_smoke_config_trains_through_main_and_lowers_the_loss'},
+    'test_sampling.py': {'test_greedy_generation_is_the_argmax_chain_and_compiles_once'},
+    'test_seq2seq.py': {'test_seq2seq_smoke_config_runs_from_the_command_line',
+                        'test_seq2seq_metrics_per_group_and_a_short_run_learns'},
+    'test_sharding.py': {'test_checkpoint_restores_onto_another_mesh',
+                         'test_every_mesh_trains_like_one_device'},
+    'test_sweep.py': {'test_a_killed_workers_trial_is_retried_by_another_and_resumes',
+                      'test_an_interrupted_sweep_resumes_its_point_in_the_same_workdir',
+                      'test_real_grid_records_a_failed_point_and_skips_finished_ones_on_rerun',
+                      'test_the_median_pruner_stops_a_bad_trial_from_its_eval_metrics',
+                      'test_two_optuna_workers_share_one_study_and_run_n_trials_in_total'},
+    'test_torch_twins.py': {'test_twin_has_the_jax_models_parameter_count',
+                            'test_twin_step_trains_on_the_pipelines_batches'},
+    'test_train.py': {'test_eight_devices_match_one'},
+    'test_transformer.py': {'test_transformer_smoke_config_runs_from_the_command_line',
+                            'test_transformer_classifier_trains_on_sequential_images',
+                            'test_encoder_decoder_overfits_a_tiny_batch_and_decodes_it',
+                            'test_decoder_is_causal_and_source_padding_is_ignored',
+                            'test_padding_never_changes_the_classifier_output',
+                            'test_beam_search_with_one_beam_equals_greedy_and_compiles_once'},
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+  for item in items:
+    if getattr(item, 'originalname', item.name) in SLOW_TESTS.get(item.path.name, ()):
+      item.add_marker(pytest.mark.slow)
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+  """`python -m dl10_jax.main args` run in this process (no interpreter start or JAX import, and
+  compiled programs reused): the same flag parsing and `main`, with its exit code and output.
+  Real processes are tested too (test_main.py), where a behaviour needs one."""
+  import contextlib
+  import io
+  from absl import app, flags
+  from dl10_jax import main
+  stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+  argv, sys.argv = sys.argv, ['main', *args]  # config_flags reads overrides from sys.argv.
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      flags.FLAGS.unparse_flags()
+      app.define_help_flags()
+      main.main(main.parse_flags(sys.argv))
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else 1
+  finally:
+    sys.argv = argv
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # This config's overrides.
+      delattr(flags.FLAGS, name)
+  return subprocess.CompletedProcess(['main', *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
@@ -55,17 +126,21 @@ def cached_compile_env(cache_dir: pathlib.Path, one_device: bool = False) -> dic
   return env
 
 
-def kill_after_checkpoint(command: list[str], workdir: pathlib.Path, step: int,
-                          env: dict[str, str], timeout: float = 300) -> None:
-  """Starts the training `command` (writing into `workdir`) and SIGKILLs it as soon as the
-  checkpoint of `step` is on disk: a crash between checkpoints, with no chance to clean up."""
-  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + timeout
-  while not (workdir / 'checkpoints' / str(step)).is_dir() and time.time() < deadline:
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  assert process.wait() == -signal.SIGKILL
+def this_process_cache_env() -> dict[str, str]:
+  """cached_compile_env with the compilation cache this test process uses: a subprocess then loads
+  what the test compiled in-process (and the reverse)."""
+  import jax
+  return cached_compile_env(pathlib.Path(jax.config.jax_compilation_cache_dir or 'off'))
+
+
+def run_until_killed(command: list[str], step: int, env: dict[str, str],
+                     timeout: float = 300) -> None:
+  """Runs the training `command` until it SIGKILLs itself at the end of `step` (the trainer's
+  DL10_KILL_AT_STEP): a crash with no chance to clean up, at an exact step between checkpoints."""
+  from dl10_jax.train.trainer import KILL_AT_STEP
+  result = subprocess.run(command, cwd=ROOT, env={**env, KILL_AT_STEP: str(step)},
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
 
 EXPORT_PLATFORM = {'triton': 'cuda', 'tpu': 'tpu'}

@@ -104,6 +104,7 @@ def _fake_run(workdir, config, accuracy, speeds):
   (workdir / 'metrics.jsonl').write_text('\n'.join(map(json.dumps, events)) + '\n')
 
 
+@pytest.mark.slow
 def test_model_table_script(tmp_path, capsys):
   cnn = cnn_config.get_config()
   resnet = resnet_config.get_config()

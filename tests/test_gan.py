@@ -2,7 +2,6 @@
 and separation of the two updates, EMA, exact resume after SIGKILL, main -> sample."""
 
 import os
-import subprocess
 import sys
 
 import jax
@@ -13,14 +12,14 @@ import orbax.checkpoint as ocp
 import pytest
 from jax import lax
 
-from conftest import (ROOT, cached_compile_env, kill_after_checkpoint, metric_events, read_metrics,
-                      run_module)
+from conftest import (metric_events, read_metrics, run_module, run_until_killed,
+                      this_process_cache_env)
 from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import gan
 from dl10_jax.train import gan as gan_objective
 from dl10_jax.train.state import ema_update
-from dl10_jax.train.trainer import build_experiment
+from dl10_jax.train.trainer import build_experiment, train_and_evaluate
 from test_image_quality import classifier_dir  # noqa: F401  (a session fixture)
 
 
@@ -163,29 +162,29 @@ def test_options_the_gan_does_not_support_fail_with_one_line(fields, message):
   assert '\n' not in str(error.value)
 
 
-def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path):
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path, capsys):
   """Two optimizers, both BN states and the EMA come back exactly: the same log, the same end."""
   overrides = dict(num_train_steps=60, log_every_steps=4, checkpoint_every_steps=15,
                    eval_every_steps=60, quality_metric=False)
-  # One CPU device in all runs (a faster compile; the same count, so the same numerics), and a
-  # persistent compilation cache: only the first run compiles.
-  env = cached_compile_env(tmp_path / 'jax_cache', one_device=True)
-  command = lambda workdir: [sys.executable, '-m', 'dl10_jax.main', '--config',
-                             'configs/gan.py:smoke', '--workdir', str(workdir)] + \
-      [f'--config.{k}={v}' for k, v in overrides.items()]
-  run = lambda workdir: subprocess.run(command(workdir), cwd=ROOT, capture_output=True,
-                                       text=True, timeout=300, env=env)
-  reference = run(tmp_path / 'reference')
-  assert reference.returncode == 0, reference.stderr
+  # A mesh of one device in all runs (a faster compile; the same programs, so the same numbers).
+  # The killed run is a process of its own, loading this process's compiled programs from the
+  # compilation cache; the reference and the resume run here.
+  config = gan_config.get_config('smoke')
+  config.update(overrides)
+  config.mesh.data = overrides['mesh.data'] = 1
+  train_and_evaluate(config, tmp_path / 'reference')
 
   workdir = tmp_path / 'killed'
-  kill_after_checkpoint(command(workdir), workdir, 15, env)
+  run_until_killed([sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/gan.py:smoke',
+                    '--workdir', str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()],
+                   28, this_process_cache_env())
   killed_at = max(metric_events(workdir, 'train_d_loss'))
-  assert 15 <= killed_at < 60, 'the run must die between checkpoints for this test to mean much'
+  assert 15 < killed_at == 28 < 60, 'the run must die between checkpoints for this test to mean much'
 
-  result = run(workdir)
-  assert result.returncode == 0, result.stderr
-  assert 'Resumed from the checkpoint of step' in result.stdout
+  capsys.readouterr()
+  train_and_evaluate(config, workdir)
+  assert 'Resumed from the checkpoint of step 15' in capsys.readouterr().out
   for key in ('train_d_loss', 'train_g_loss', 'eval_d_fake'):
     assert metric_events(workdir, key) == metric_events(tmp_path / 'reference', key), key
   final = [ocp.StandardCheckpointer().restore(d / 'checkpoints' / '60' / 'state')

@@ -1,4 +1,8 @@
-"""The command line: --help, overrides, and one-line errors (exit code 2, no traceback)."""
+"""The command line: --help, overrides, and one-line errors (exit code 2, no traceback).
+
+Errors found while parsing flags run as a real process (they exit before JAX is imported); the
+rest run `main` in this process (conftest.run_main): no interpreter start, compiled steps reused.
+"""
 
 import json
 import re
@@ -7,38 +11,44 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_metrics, run_module
-
-
-def _run(*args, timeout=120):
-  return run_module('dl10_jax.main', *args, timeout=timeout)
+from conftest import ROOT, read_metrics, run_main, run_module
 
 
 def test_help_lists_the_flags():
-  result = _run('--help')
+  result = run_module('dl10_jax.main', '--help', timeout=120)
   assert result.returncode == 0
   assert '--config' in result.stdout and '--workdir' in result.stdout
 
 
-@pytest.mark.parametrize('args,message', [
+# Mistakes found while parsing the flags end the process before JAX is imported: those run as a
+# real process (cheap), the ones the trainer finds run in this process.
+PARSE_ERRORS = [
     (['--config', 'configs/nope.py'], "config file 'configs/nope.py' not found"),
     (['--config', 'configs/cnn.py:tiny'], "unknown config argument 'tiny'; allowed: smoke"),
     (['--config.optimzer=sgd'], "unknown field 'optimzer'.*fields of config: .*optimizer"),
     (['--config.model.depth=3'], "unknown field 'model.depth'.*conv_features"),
     (['--config.batch_size=big'], 'flag --config.batch_size=big: invalid literal for int'),
+    (['--config', 'README.md'], "cannot load config 'README.md'"),
+    (['--config', 'tests/conftest.py'], "cannot load config 'tests/conftest.py'.*get_config"),
+]
+TRAINER_ERRORS = [
     (['--config.model.name=vgg'], "model.name='vgg' is unknown; allowed: cnn"),
     (['--config.dataset.name=no_such_set', '--config.dataset.source=idx'],
      "dataset.source=idx supports only fashion_mnist, mnist, not 'no_such_set'"),
     (['--config.batch_size=12'], 'batch_size=12 is not divisible by the 8 devices'),
     (['--config.seed=-1'], r'seed=-1 must be in \[0, 2\*\*32\)'),
     (['--config.warmup_steps=5'], "warmup_steps=5 needs schedule=warmup_cosine, not 'cosine'"),
-    (['--config', 'README.md'], "cannot load config 'README.md'"),
-    (['--config', 'tests/conftest.py'], "cannot load config 'tests/conftest.py'.*get_config"),
-])
-def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
+]
+
+
+@pytest.mark.parametrize('args,message,in_process',
+                         [(*case, False) for case in PARSE_ERRORS] +
+                         [(*case, True) for case in TRAINER_ERRORS])
+def test_bad_input_fails_with_one_clear_line(args, message, in_process, tmp_path):
   if args[0] != '--config':
     args = ['--config', 'configs/cnn.py:smoke', *args]
-  result = _run(*args, '--workdir', str(tmp_path))
+  args = [*args, '--workdir', str(tmp_path)]
+  result = run_main(*args) if in_process else run_module('dl10_jax.main', *args, timeout=120)
   assert result.returncode == 2, result.stderr
   assert 'Traceback' not in result.stderr
   lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
@@ -47,10 +57,10 @@ def test_bad_input_fails_with_one_clear_line(args, message, tmp_path):
 
 
 def test_overrides_reach_the_run(tmp_path):
-  result = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path),
-                '--config.num_train_steps=3', '--config.log_every_steps=1',
-                '--config.learning_rate=0.0005', '--config.schedule=constant',
-                '--config.model.dense_features=16')
+  result = run_main('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path),
+                    '--config.num_train_steps=3', '--config.log_every_steps=1',
+                    '--config.learning_rate=0.0005', '--config.schedule=constant',
+                    '--config.model.dense_features=16')
   assert result.returncode == 0, result.stderr
   events = read_metrics(tmp_path)
   assert [e['step'] for e in events if 'train_loss' in e] == [1, 2, 3]
@@ -77,6 +87,6 @@ def test_plot_metrics_draws_overlaid_runs(tmp_path):
 
 def test_a_workdir_that_is_a_file_fails_with_one_line(tmp_path):
   (tmp_path / 'file').write_text('')
-  result = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path / 'file'))
+  result = run_main('--config', 'configs/cnn.py:smoke', '--workdir', str(tmp_path / 'file'))
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert f"error: cannot use --workdir '{tmp_path / 'file'}'" in result.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import gpt as gpt_config
-from conftest import ROOT, read_metrics, run_module
+from conftest import ROOT, read_metrics, run_main
 from dl10_jax.train.trainer import train_and_evaluate
 
 STEPS = 6
@@ -24,6 +24,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_eight_devices(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
   port = _free_port()
@@ -55,8 +56,8 @@ def test_two_processes_train_like_one_with_eight_devices(tmp_path):
 
 
 def test_distributed_flags_go_together(tmp_path):
-  result = run_module('dl10_jax.main', '--config', 'configs/gpt.py:smoke', '--workdir',
-                      str(tmp_path), '--coordinator_address=127.0.0.1:1234', '--process_id=0')
+  result = run_main('--config', 'configs/gpt.py:smoke', '--workdir', str(tmp_path),
+                    '--coordinator_address=127.0.0.1:1234', '--process_id=0')
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       'error: --coordinator_address, --num_processes and --process_id go together; missing '

@@ -41,6 +41,7 @@ def test_compilation_cache_dir_follows_config_then_environment(monkeypatch, tmp_
   assert runtime.compilation_cache_dir() is None
 
 
+@pytest.mark.slow
 def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once(tmp_path):
   cache = tmp_path / 'xla'
   env = cached_compile_env(cache, one_device=True)
@@ -68,6 +69,7 @@ def test_a_second_process_compiles_nothing_new_and_main_names_the_allocator_once
     assert metric_events(tmp_path / 'b', key) == metric_events(tmp_path / 'a', key)
 
 
+@pytest.mark.slow
 def test_compilation_cache_off_writes_nothing(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_COMPILATION_CACHE')}
   env['DL10_CACHE_DIR'] = str(tmp_path / 'root')
@@ -102,6 +104,7 @@ def test_setup_without_apt_ends_with_one_line_per_missing_package(tmp_path):
   assert 'libtcmalloc-minimal4' in lines[1]
 
 
+@pytest.mark.slow
 def test_benchmark_names_the_allocator_and_flags(tmp_path):
   record = tmp_path / 'record.jsonl'
   result = subprocess.run(
@@ -135,20 +138,25 @@ import jax, numpy as np
 from dl10_jax.train.trainer import build_experiment
 from dl10_jax.train import sharding
 from configs import {module} as config_module
-config = config_module.get_config('smoke')
-config.mesh.data = 1
-exp = build_experiment(config, jax.devices()[:1])
-it = exp.train_iterator()
-state = exp.init(jax.random.PRNGKey(0), exp.example_batch())
-batch = sharding.to_global(next(it), exp.mesh)
-loss = lambda params: exp.objective.loss(params, state, batch, jax.random.PRNGKey(1))[0]
-grads = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in
-          jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(state.params))}}
-losses = []
-for _ in range(3):
-  state, metrics = exp.train_step(state, batch)
-  losses.append(float(metrics[exp.objective.loss_metric]))
-np.savez(sys.argv[1], losses=np.array(losses), **grads)
+
+def record(path):
+  config = config_module.get_config('smoke')
+  config.mesh.data = 1
+  exp = build_experiment(config, jax.devices()[:1])
+  it = exp.train_iterator()
+  state = exp.init(jax.random.PRNGKey(0), exp.example_batch())
+  batch = sharding.to_global(next(it), exp.mesh)
+  loss = lambda params: exp.objective.loss(params, state, batch, jax.random.PRNGKey(1))[0]
+  grads = {{jax.tree_util.keystr(k): np.asarray(v) for k, v in
+            jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(state.params))}}
+  losses = []
+  for _ in range(3):
+    state, metrics = exp.train_step(state, batch)
+    losses.append(float(metrics[exp.objective.loss_metric]))
+  np.savez(path, losses=np.array(losses), **grads)
+
+if __name__ == '__main__':
+  record(sys.argv[1])
 '''
 
 
@@ -158,20 +166,36 @@ CHECKED_FLAGS = sorted({f'--{k}={v}' for k, v in runtime.DEFAULT_XLA_CPU_FLAGS.i
     '--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce'})
 
 
+@pytest.fixture(scope='module')
+def unflagged(tmp_path_factory):
+  """module -> its step record without flags, computed once, in this process (whose XLA_FLAGS
+  only add fake devices, and DEFAULT_XLA_CPU_FLAGS, which the flagged runs compare against)."""
+  records = {}
+
+  def get(module: str) -> dict[str, np.ndarray]:
+    if module not in records:
+      path = tmp_path_factory.mktemp('plain') / f'{module}.npz'
+      namespace = {'__name__': 'step_script'}
+      exec(_STEP_SCRIPT.format(module=module), namespace)
+      namespace['record'](path)
+      records[module] = dict(np.load(path))
+    return dict(records[module])
+  return get
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('module', ['gpt', 'resnet'])
 @pytest.mark.parametrize('flag', CHECKED_FLAGS)
-def test_flagged_steps_train_like_no_flags(module, flag, tmp_path):
-  """The gradient of a batch and three training steps' losses under an XLA:CPU flag and without:
-  the same float32 numbers up to the summation order of the libraries the flag brings in."""
-  results = {}
-  for name, flags in (('flagged', flag), ('plain', '')):
-    path = tmp_path / f'{name}.npz'
-    env = dict(os.environ, XLA_FLAGS=flags, DL10_DEFAULT_XLA_FLAGS='0')
-    result = subprocess.run([sys.executable, '-c', _STEP_SCRIPT.format(module=module), str(path)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results[name] = dict(np.load(path))
-  flagged, plain = results['flagged'], results['plain']
+def test_flagged_steps_train_like_no_flags(module, flag, tmp_path, unflagged):
+  """The gradient of a batch and three training steps' losses under an XLA:CPU flag (a process of
+  its own: XLA reads its flags once) and without: the same float32 numbers up to the summation
+  order of the libraries the flag brings in."""
+  path = tmp_path / 'flagged.npz'
+  env = dict(os.environ, XLA_FLAGS=flag, DL10_DEFAULT_XLA_FLAGS='0')
+  result = subprocess.run([sys.executable, '-c', _STEP_SCRIPT.format(module=module), str(path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  flagged, plain = dict(np.load(path)), unflagged(module)
   np.testing.assert_allclose(flagged.pop('losses'), plain.pop('losses'), rtol=1e-5)
   assert flagged.keys() == plain.keys()
   for key in plain:  # Gradients at the start, each to float32 noise of its own scale.

@@ -2,15 +2,14 @@
 
 import json
 import math
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import (ROOT, cached_compile_env, kill_after_checkpoint, metric_events,
-                      read_metrics)
+from configs import cnn, gpt
+from conftest import metric_events, read_metrics, run_until_killed, this_process_cache_env
 from dl10_jax import data
 from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train import sharding
@@ -40,38 +39,39 @@ def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
   assert one['eval_loss'] == pytest.approx(eight['eval_loss'], rel=1e-4)
 
 
-@pytest.mark.parametrize('config_arg,overrides', [
-    ('configs/cnn.py:smoke', dict(num_train_steps=40, log_every_steps=3, checkpoint_every_steps=10,
-                                  eval_every_steps=20)),
-    # A faster step: more steps, so that the kill lands between checkpoints.
-    ('configs/gpt.py:smoke', dict(num_train_steps=240, log_every_steps=7,
-                                  checkpoint_every_steps=60, eval_every_steps=120)),
-])
-def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(config_arg, overrides,
-                                                                    tmp_path):
-  # Logs out of step with the checkpoints: the resumed log must still match. Three processes on
-  # 8 devices share a compilation cache: only the reference run compiles.
-  eval_key = 'eval_accuracy' if 'cnn' in config_arg else 'eval_loss'
-  env = cached_compile_env(tmp_path / 'jax_cache')
-  command = lambda workdir: [sys.executable, '-m', 'dl10_jax.main', '--config', config_arg,
-                             '--workdir', str(workdir)] + \
-      [f'--config.{k}={v}' for k, v in overrides.items()]
-  run = lambda workdir: subprocess.run(command(workdir), cwd=ROOT, env=env, capture_output=True,
-                                       text=True, timeout=300)
-  result = run(tmp_path / 'reference')
-  assert result.returncode == 0, result.stderr
+@pytest.mark.slow
+@pytest.mark.parametrize('config_module,overrides,kill_at', [
+    (cnn, dict(num_train_steps=20, log_every_steps=3, checkpoint_every_steps=5,
+               eval_every_steps=10), 9),
+    (gpt, dict(num_train_steps=24, log_every_steps=5, checkpoint_every_steps=6,
+               eval_every_steps=12), 10),
+], ids=['cnn', 'gpt'])
+def test_sigkill_between_checkpoints_then_resume_reproduces_the_run(config_module, overrides,
+                                                                    kill_at, tmp_path, capsys):
+  # Logs out of step with the checkpoints: the resumed log must still match. The killed run is a
+  # process of its own (8 devices, as here) that loads this process's compiled steps from the
+  # compilation cache; the reference and the resume run here.
+  eval_key = 'eval_accuracy' if config_module is cnn else 'eval_loss'
+  config = config_module.get_config('smoke')
+  config.update(overrides)
+  train_and_evaluate(config, tmp_path / 'reference')
   reference = metric_events(tmp_path / 'reference', 'train_loss')
 
   workdir = tmp_path / 'killed'
+  run_until_killed([sys.executable, '-m', 'dl10_jax.main', '--config',
+                    f'configs/{config_module.__name__.split(".")[-1]}.py:smoke', '--workdir',
+                    str(workdir)] + [f'--config.{k}={v}' for k, v in overrides.items()],
+                   kill_at, this_process_cache_env())
   first_save = overrides['checkpoint_every_steps']
-  kill_after_checkpoint(command(workdir), workdir, first_save, env)
   killed_at = max(metric_events(workdir, 'train_loss'))
-  assert first_save <= killed_at < overrides['num_train_steps'], \
+  assert first_save < killed_at == kill_at < overrides['num_train_steps'], \
       'the run must die between checkpoints for this test to mean much'
+  assert killed_at % first_save, 'killed_at must not be a checkpoint step'
 
-  result = run(workdir)
-  assert result.returncode == 0, result.stderr
-  assert 'Resumed from the checkpoint of step' in result.stdout
+  capsys.readouterr()
+  train_and_evaluate(config, workdir)
+  assert f'Resumed from the checkpoint of step {kill_at // first_save * first_save}' in \
+      capsys.readouterr().out
   resumed = metric_events(workdir, 'train_loss')
   assert resumed == reference  # Exactly, step for step, on CPU.
   assert metric_events(workdir, eval_key) == metric_events(tmp_path / 'reference', eval_key)

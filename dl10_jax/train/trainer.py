@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 
 from dl10_jax import config_lib, data, models, runtime
 from dl10_jax.data import tokenizer as tokenizer_lib
@@ -151,116 +153,174 @@ def evaluate(exp: Experiment, state: Any,
                                        for k, v in jax.device_get(totals).items()})
 
 
+# Crash-recovery tests: DL10_KILL_AT_STEP=N makes a run SIGKILL itself at the end of step N, once
+# the checkpoints it has started are complete: a crash between checkpoints at an exact step,
+# instead of at whatever step a watching process happens to catch.
+KILL_AT_STEP = 'DL10_KILL_AT_STEP'
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        devices: list[Any] | None = None) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns final metrics."""
   workdir = checkpoint.resolve_path(workdir)
   exp = build_experiment(config, devices, workdir)
-  config, mesh, objective = exp.config, exp.mesh, exp.objective
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-    if exp.splits.tokenizer is not None:  # Sampling and resuming use exactly this one.
-      (workdir / 'tokenizer.json').write_text(exp.splits.tokenizer.to_json(), encoding='utf-8')
-
+  config = exp.config
+  _write_run_files(exp, workdir)
   # Data: an endless, checkpointable training iterator; state fresh or restored with its position.
   train_iter = exp.train_iterator()
-  # What the saved iterator position means: the same position in another stream is another run.
-  stream = {'dataset': config.dataset.name, 'num_train_examples': len(exp.splits.train),
-            'batch_size': config.batch_size, 'seed': config.seed,
-            'process_count': jax.process_count()}
+  stream = _data_stream(exp)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  start_step = checkpointer.latest_step()
-  if start_step is None:
-    state, start_step = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch()), 0
-    if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
-      state = objective.load_pretrained(
-          state, checkpoint.load_params(config.init_from, state.params, config.init_reinit),
-          checkpoint.load_params(config.init_from, state.model_state, config.init_reinit,
-                                 'model_state'))
-  else:
-    mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
-    if mismatch:
-      raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
-                        f'({mismatch}); use a new --workdir or the config it was trained with')
-    state, data_state = checkpointer.restore(start_step, exp.abstract_state)
-    saved = data_state['stream']
-    if saved != stream:  # The saved position would point into another stream of batches.
-      changes = ', '.join(f'{k} {saved.get(k)!r} there, {v!r} here'
-                          for k, v in stream.items() if saved.get(k) != v)
-      raise ConfigError(f'the checkpoint of step {start_step} in {workdir} was written for another '
-                        f'data stream ({changes}); use a new --workdir')
-    train_iter.set_state(data_state['iterator'])
-
-  writer = MetricWriter(workdir)
+  state, start_step = _initial_state(exp, workdir, checkpointer, train_iter, stream)
+  progress = _Progress(exp, workdir, state, start_step)
+  kill_at_step = int(os.environ.get(KILL_AT_STEP) or -1)  # Read once: nothing in the loop.
   num_steps = config.num_train_steps
-  flops_per_step = objective.flops_per_step(state.params)
-  peak = throughput.peak_flops() if flops_per_step else None
-  bar = tqdm.tqdm(total=num_steps, initial=start_step, unit='step', dynamic_ncols=True,
-                  disable=not config.progress_bar or jax.process_index() != 0)
-  if start_step:
-    bar.write(f'Resumed from the checkpoint of step {start_step} in {workdir}')
-  elif config.init_from:  # Step 0: the loaded model on this run's data, before fine-tuning.
-    eval_metrics = evaluate(exp, state)
-    writer.write(0, eval_metrics)
-    bar.write('step 0 (from init_from): ' +
-              ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-  pending: list[dict[str, jax.Array]] = []  # Per-step metrics since the last log, on device.
-  last_log_step = start_step
-  timer_step, timer_start = start_step, time.perf_counter()  # Throughput excludes compile + eval.
-  final: dict[str, float] = {}
   try:
     for step in range(start_step + 1, num_steps + 1):
-      batch = sharding.to_global(next(train_iter), mesh)
-      state, metrics = exp.train_step(state, batch)
-      pending.append(metrics)
-      if step == start_step + 1:  # The first step compiles: start the throughput clock after it.
-        jax.block_until_ready(metrics)
-        timer_step, timer_start = step, time.perf_counter()
-
+      state, metrics = exp.train_step(state, sharding.to_global(next(train_iter), exp.mesh))
+      progress.add(step, metrics)
       do_eval = step % config.eval_every_steps == 0 or step == num_steps
       do_save = step % config.checkpoint_every_steps == 0 or step == num_steps
       # Eval and checkpoint points log too: no NaN state is evaluated or saved unnoticed, and log
       # intervals restart where a resumed run restarts, so its logged losses match exactly.
       if step % config.log_every_steps == 0 or do_eval or do_save:
-        history = jax.device_get(pending)  # The one host sync per log interval.
-        _check_finite(history, last_log_step + 1, objective.loss_metric)
-        now = time.perf_counter()
-        steps_per_sec = (step - timer_step) / (now - timer_start) if step > timer_step else 0.0
-        summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-        summary.update(learning_rate=float(exp.schedule(step - 1)), steps_per_sec=steps_per_sec,
-                       examples_per_sec=steps_per_sec * config.batch_size,
-                       **objective.throughput(steps_per_sec))
-        if flops_per_step:
-          summary.update(model_flops_per_sec=flops_per_step * steps_per_sec,
-                         mfu=flops_per_step * steps_per_sec / peak)
-        writer.write(step, summary)
-        bar.set_postfix(loss=f'{summary[objective.loss_metric]:.4f}',
-                        ex_per_s=f'{summary["examples_per_sec"]:.0f}', refresh=False)
-        bar.update(step - last_log_step)
-        final.update(summary)
-        pending, last_log_step, timer_step, timer_start = [], step, step, now
-
+        progress.log_point(step)
+      if do_eval:
+        progress.eval_point(step, state)
+      if do_save:
+        checkpointer.save(step, state, {'iterator': train_iter.get_state(), 'stream': stream})
       if do_eval or do_save:  # Their time is kept out of the throughput.
-        if do_eval:
-          eval_metrics = evaluate(exp, state)
-          if config.pruning.sparsity:  # What the weights hold, not what the schedule asks.
-            eval_metrics['sparsity'] = pruning.sparsity(state.params)
-          writer.write(step, eval_metrics)
-          objective.write_eval_artifacts(state, step, workdir, writer)
-          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-          final.update(eval_metrics)
-        if do_save:
-          checkpointer.save(step, state, {'iterator': train_iter.get_state(), 'stream': stream})
-        timer_start = time.perf_counter()
-
+        progress.restart_clock()
+      if step == kill_at_step:
+        checkpointer.close()
+        os.kill(os.getpid(), signal.SIGKILL)
     if start_step >= num_steps:  # Already trained: report the final model again.
-      final.update(evaluate(exp, state))
+      progress.final.update(evaluate(exp, state))
   finally:
-    bar.close()
-    checkpointer.close()
-    writer.close()
-  return final
+    checkpointer.close()  # Waits for the saves in flight.
+    progress.close()
+  return progress.final
+
+
+def _write_run_files(exp: Experiment, workdir: epath.Path) -> None:
+  """config.json (the finalized config) and tokenizer.json: what sampling and resuming read."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(exp.config.to_json_best_effort(indent=2))
+    if exp.splits.tokenizer is not None:  # Sampling and resuming use exactly this one.
+      (workdir / 'tokenizer.json').write_text(exp.splits.tokenizer.to_json(), encoding='utf-8')
+
+
+def _data_stream(exp: Experiment) -> dict[str, Any]:
+  """What a saved iterator position means: the same position in another stream is another run."""
+  config = exp.config
+  return {'dataset': config.dataset.name, 'num_train_examples': len(exp.splits.train),
+          'batch_size': config.batch_size, 'seed': config.seed,
+          'process_count': jax.process_count()}
+
+
+def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpointer,
+                   train_iter: Any, stream: dict[str, Any]) -> tuple[TrainState, int]:
+  """(state, step): restored from the newest checkpoint with the iterator's position, else fresh
+  (with another run's parameters under init_from)."""
+  config = exp.config
+  start_step = checkpointer.latest_step()
+  if start_step is None:
+    state = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch())
+    if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
+      state = exp.objective.load_pretrained(
+          state, checkpoint.load_params(config.init_from, state.params, config.init_reinit),
+          checkpoint.load_params(config.init_from, state.model_state, config.init_reinit,
+                                 'model_state'))
+    return state, 0
+  mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
+  if mismatch:
+    raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
+                      f'({mismatch}); use a new --workdir or the config it was trained with')
+  state, data_state = checkpointer.restore(start_step, exp.abstract_state)
+  saved = data_state['stream']
+  if saved != stream:  # The saved position would point into another stream of batches.
+    changes = ', '.join(f'{k} {saved.get(k)!r} there, {v!r} here'
+                        for k, v in stream.items() if saved.get(k) != v)
+    raise ConfigError(f'the checkpoint of step {start_step} in {workdir} was written for another '
+                      f'data stream ({changes}); use a new --workdir')
+  train_iter.set_state(data_state['iterator'])
+  return state, start_step
+
+
+class _Progress:
+  """The loop's host side: per-step metrics kept on the device until a log point, the throughput
+  clock, the progress bar and the metric writer; `final` holds the newest value of each metric."""
+
+  def __init__(self, exp: Experiment, workdir: epath.Path, state: TrainState, start_step: int):
+    config = exp.config
+    self._exp, self._workdir = exp, workdir
+    self._writer = MetricWriter(workdir)
+    self._flops_per_step = exp.objective.flops_per_step(state.params)
+    self._peak = throughput.peak_flops() if self._flops_per_step else None
+    self._bar = tqdm.tqdm(total=config.num_train_steps, initial=start_step, unit='step',
+                          dynamic_ncols=True,
+                          disable=not config.progress_bar or jax.process_index() != 0)
+    self._start_step = start_step
+    self._pending: list[dict[str, jax.Array]] = []  # Per-step metrics since the last log.
+    self._last_log_step = start_step
+    # Throughput excludes compile + eval.
+    self._timer_step, self._timer_start = start_step, time.perf_counter()
+    self.final: dict[str, float] = {}
+    if start_step:
+      self._bar.write(f'Resumed from the checkpoint of step {start_step} in {workdir}')
+    elif config.init_from:  # Step 0: the loaded model on this run's data, before fine-tuning.
+      eval_metrics = evaluate(exp, state)
+      self._writer.write(0, eval_metrics)
+      self._bar.write('step 0 (from init_from): ' +
+                      ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Keeps a step's metrics on the device; the first step compiles, so the clock starts after."""
+    self._pending.append(metrics)
+    if step == self._start_step + 1:
+      jax.block_until_ready(metrics)
+      self._timer_step, self._timer_start = step, time.perf_counter()
+
+  def log_point(self, step: int) -> None:
+    """The one host sync per log interval: the mean of each metric, throughput, a NaN check."""
+    exp, config = self._exp, self._exp.config
+    history = jax.device_get(self._pending)
+    _check_finite(history, self._last_log_step + 1, exp.objective.loss_metric)
+    now = time.perf_counter()
+    steps_per_sec = ((step - self._timer_step) / (now - self._timer_start)
+                     if step > self._timer_step else 0.0)
+    summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    summary.update(learning_rate=float(exp.schedule(step - 1)), steps_per_sec=steps_per_sec,
+                   examples_per_sec=steps_per_sec * config.batch_size,
+                   **exp.objective.throughput(steps_per_sec))
+    if self._flops_per_step:
+      summary.update(model_flops_per_sec=self._flops_per_step * steps_per_sec,
+                     mfu=self._flops_per_step * steps_per_sec / self._peak)
+    self._writer.write(step, summary)
+    self._bar.set_postfix(loss=f'{summary[exp.objective.loss_metric]:.4f}',
+                          ex_per_s=f'{summary["examples_per_sec"]:.0f}', refresh=False)
+    self._bar.update(step - self._last_log_step)
+    self.final.update(summary)
+    self._pending, self._last_log_step = [], step
+    self._timer_step, self._timer_start = step, now
+
+  def eval_point(self, step: int, state: TrainState) -> None:
+    """The eval split's metrics (and the objective's artifacts: sample grids) for `state`."""
+    exp = self._exp
+    eval_metrics = evaluate(exp, state)
+    if exp.config.pruning.sparsity:  # What the weights hold, not what the schedule asks.
+      eval_metrics['sparsity'] = pruning.sparsity(state.params)
+    self._writer.write(step, eval_metrics)
+    exp.objective.write_eval_artifacts(state, step, self._workdir, self._writer)
+    self._bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
+    self.final.update(eval_metrics)
+
+  def restart_clock(self) -> None:
+    self._timer_start = time.perf_counter()
+
+  def close(self) -> None:
+    self._bar.close()
+    self._writer.close()
 
 
 def run_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
