@@ -31,8 +31,8 @@ test: setup-dev
 	$(RUN) -m pytest -n 2 -q tests
 
 # Under 2 minutes on 2 cores: every family's model and objective tests, without the tests marked
-# `slow` (real processes, sweeps, SIGKILL and resume, smoke runs through main; the list is in
-# tests/conftest.py and on the tests themselves). `make test` runs everything.
+# `@pytest.mark.slow` (real processes, sweeps, SIGKILL and resume, smoke runs through main).
+# `make test` runs everything.
 test-fast: setup-dev
 	$(RUN) -m pytest -n 2 -q -m "not slow" tests
 

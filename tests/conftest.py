@@ -40,43 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
   runtime.enable_compilation_cache()
 
 
-# `make test-fast` leaves out the tests marked slow: those of these files, named here so that their
-# files need no edit (a test marked @pytest.mark.slow in its own file is left out too). Each takes
-# 5 s or more on 2 cores (a real process, a sweep, a smoke run through main or many steps); every
-# family keeps its model and objective tests in the fast set.
-SLOW_TESTS = {
-    'test_attention.py': {'test_attention_smoke_config_runs_from_the_command_line'},
-    'test_gan.py': {'test_smoke_config_through_main_then_sample'},
-    'test_language_model.py': {'test_smoke_configs_through_main_and_sample_with_one_line_errors'},
-    'test_resnet.py': {'test_smoke_config_trains_through_main_and_lowers_the_loss'},
-    'test_sampling.py': {'test_greedy_generation_is_the_argmax_chain_and_compiles_once'},
-    'test_seq2seq.py': {'test_seq2seq_smoke_config_runs_from_the_command_line',
-                        'test_seq2seq_metrics_per_group_and_a_short_run_learns'},
-    'test_sharding.py': {'test_checkpoint_restores_onto_another_mesh',
-                         'test_every_mesh_trains_like_one_device'},
-    'test_sweep.py': {'test_a_killed_workers_trial_is_retried_by_another_and_resumes',
-                      'test_an_interrupted_sweep_resumes_its_point_in_the_same_workdir',
-                      'test_real_grid_records_a_failed_point_and_skips_finished_ones_on_rerun',
-                      'test_the_median_pruner_stops_a_bad_trial_from_its_eval_metrics',
-                      'test_two_optuna_workers_share_one_study_and_run_n_trials_in_total'},
-    'test_torch_twins.py': {'test_twin_has_the_jax_models_parameter_count',
-                            'test_twin_step_trains_on_the_pipelines_batches'},
-    'test_train.py': {'test_eight_devices_match_one'},
-    'test_transformer.py': {'test_transformer_smoke_config_runs_from_the_command_line',
-                            'test_transformer_classifier_trains_on_sequential_images',
-                            'test_encoder_decoder_overfits_a_tiny_batch_and_decodes_it',
-                            'test_decoder_is_causal_and_source_padding_is_ignored',
-                            'test_padding_never_changes_the_classifier_output',
-                            'test_beam_search_with_one_beam_equals_greedy_and_compiles_once'},
-}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-  for item in items:
-    if getattr(item, 'originalname', item.name) in SLOW_TESTS.get(item.path.name, ()):
-      item.add_marker(pytest.mark.slow)
-
-
 def run_main(*args: str) -> subprocess.CompletedProcess:
   """`python -m dl10_jax.main args` run in this process (no interpreter start or JAX import, and
   compiled programs reused): the same flag parsing and `main`, with its exit code and output.

@@ -229,6 +229,7 @@ def test_soft_and_hard_attention_train_on_translated_images(kind, tmp_path):
     assert 'train_aux_loss' in final and 'train_reward' in final
 
 
+@pytest.mark.slow
 def test_attention_smoke_config_runs_from_the_command_line(tmp_path):
   result = run_module('dl10_jax.main', '--config', 'configs/attention.py:smoke',
                       '--workdir', str(tmp_path))

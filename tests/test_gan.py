@@ -194,6 +194,7 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path, capsys):
   assert (workdir / 'samples' / 'step_000060.png').is_file()
 
 
+@pytest.mark.slow
 def test_smoke_config_through_main_then_sample(tmp_path, classifier_dir,  # noqa: F811
                                                monkeypatch):
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]

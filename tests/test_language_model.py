@@ -106,6 +106,7 @@ def _sample(*args):
   return run_module('dl10_jax.sample', *args, timeout=180)
 
 
+@pytest.mark.slow
 def test_smoke_configs_through_main_and_sample_with_one_line_errors(tmp_path):
   workdir = tmp_path / 'gpt'
   result = run_module('dl10_jax.main', '--config', 'configs/gpt.py:smoke', '--workdir', str(workdir),

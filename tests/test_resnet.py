@@ -96,6 +96,7 @@ def test_bad_architecture_is_one_line(field, value, message):
     _shapes(ResNet(**{field: value}), 28, 1)
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_through_main_and_lowers_the_loss(tmp_path):
   result = run_module('dl10_jax.main', '--config', 'configs/resnet.py:smoke', '--workdir',
                       str(tmp_path), '--config.num_epochs=4', '--config.learning_rate=0.05')

@@ -19,6 +19,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
   np.testing.assert_allclose(decoding.filter_logits(logits, 0.5, 0, 1.0), logits * 2)
 
 
+@pytest.mark.slow
 def test_greedy_generation_is_the_argmax_chain_and_compiles_once():
   model = gpt.GPT(vocab_size=13, block_size=32, num_layers=2, width=16, num_heads=2)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']

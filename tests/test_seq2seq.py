@@ -98,6 +98,7 @@ def test_bad_dataset_fields_fail_clearly():
     data.load(_dataset('reverse', min_len=5, max_len=3))
 
 
+@pytest.mark.slow
 def test_seq2seq_metrics_per_group_and_a_short_run_learns(tmp_path):
   config = seq2seq_config.get_config('smoke')
   final = train_and_evaluate(config, tmp_path)
@@ -124,6 +125,7 @@ def test_exact_match_is_one_for_a_model_that_copies_the_target():
   assert metrics['eval_exact_match'] == 1.0 and metrics['eval_exact_match_len12'] == 1.0
 
 
+@pytest.mark.slow
 def test_seq2seq_smoke_config_runs_from_the_command_line(tmp_path):
   result = run_module('dl10_jax.main', '--config', 'configs/seq2seq.py:add,rotary,smoke',
                       '--workdir', str(tmp_path))

@@ -53,6 +53,7 @@ def _bytes_on(device, tree) -> int:
 
 @pytest.mark.parametrize('mesh', MESHES, ids=lambda m: 'x'.join(map(str, m)))
 @pytest.mark.parametrize('name', ['gpt', 'resnet'])
+@pytest.mark.slow
 def test_every_mesh_trains_like_one_device(name, mesh):
   losses, state, exp = _train(_config(name, mesh))
   np.testing.assert_allclose(losses, _one_device_losses(name), rtol=2e-5)
@@ -121,6 +122,7 @@ def test_fsdp_leaves_arrays_it_cannot_divide_whole():
   assert math.prod((64, 33)) >= sharding.FSDP_MIN_SIZE
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
   """Saved under (8, 1, 1), resumed under (2, 4, 1): orbax reshards; the run goes on unchanged."""
   def config(mesh, steps):

@@ -203,6 +203,7 @@ def test_mistakes_end_with_one_error_line(config, sweep, args, message, tmp_path
   assert re.search(message, _one_error_line(result))
 
 
+@pytest.mark.slow
 def test_real_grid_records_a_failed_point_and_skips_finished_ones_on_rerun(tmp_path):
   """Through dl10_jax.main: the CNN smoke config, a good point and one whose value is invalid."""
   config = _config(tmp_path, "[{'learning_rate': 0.001}, {'learning_rate': 'fast'}]") + ':smoke'
@@ -240,6 +241,7 @@ def test_real_grid_records_a_failed_point_and_skips_finished_ones_on_rerun(tmp_p
   assert 'finished with other arguments' in error and 'num_train_steps=8' in error
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_its_point_in_the_same_workdir(tmp_path):
   # 40 steps of 0.3 s: time to interrupt it after its second eval even on a loaded machine.
   config = _config(tmp_path, "[{'learning_rate': 0.001, 'num_train_steps': 40}]")
@@ -271,6 +273,7 @@ def _study(workdir: pathlib.Path):
   return optuna.load_study(study_name=workdir.name, storage=f'sqlite:///{workdir}/optuna.db')
 
 
+@pytest.mark.slow
 def test_two_optuna_workers_share_one_study_and_run_n_trials_in_total(tmp_path):
   pytest.importorskip('optuna')
   config, workdir = _config(tmp_path), tmp_path / 'search'
@@ -294,6 +297,7 @@ def test_two_optuna_workers_share_one_study_and_run_n_trials_in_total(tmp_path):
   assert (workdir / 'summary.png').is_file()
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_retried_by_another_and_resumes(tmp_path):
   pytest.importorskip('optuna')
   config, workdir = _config(tmp_path), tmp_path / 'search'
@@ -321,6 +325,7 @@ def test_a_killed_workers_trial_is_retried_by_another_and_resumes(tmp_path):
   assert 'stopped with its worker; retried as trial 1' in markdown
 
 
+@pytest.mark.slow
 def test_the_median_pruner_stops_a_bad_trial_from_its_eval_metrics(tmp_path):
   optuna = pytest.importorskip('optuna')
   config, workdir = _config(tmp_path), tmp_path / 'search'

@@ -59,6 +59,7 @@ def _count(tree) -> int:
 
 
 @pytest.mark.parametrize('case', CASES)
+@pytest.mark.slow
 def test_twin_has_the_jax_models_parameter_count(torch_twins, case):
   exp = _experiment(case)
   params = exp.abstract_state.params
@@ -71,6 +72,7 @@ def test_twin_has_the_jax_models_parameter_count(torch_twins, case):
 
 
 @pytest.mark.parametrize('case', ['dcgan', 'ddpm_unet'])
+@pytest.mark.slow
 def test_twin_step_trains_on_the_pipelines_batches(torch_twins, case):
   exp = _experiment(case)
   step, _ = torch_twins.make_step(exp.config)

@@ -26,6 +26,7 @@ def test_loss_falls_and_accuracy_beats_chance(cnn_smoke_config, tmp_path, dtype)
   assert final['eval_loss'] < losses[0]
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(cnn_smoke_config, tmp_path):
   cnn_smoke_config.num_train_steps = 6
   cnn_smoke_config.log_every_steps = 1

@@ -27,6 +27,7 @@ def _classifier(**kwargs):
 
 @pytest.mark.parametrize('positions', transformer.POSITIONS)
 @pytest.mark.parametrize('pooling', transformer.POOLINGS)
+@pytest.mark.slow
 def test_padding_never_changes_the_classifier_output(positions, pooling):
   model = _classifier(positions=positions, pooling=pooling)
   tokens = jnp.array([[5, 3, 7, 9, 0, 0], [4, 4, 2, 0, 0, 0]])
@@ -79,6 +80,7 @@ def _reverse_batch(n=8, length=5):
 
 
 @pytest.mark.parametrize('positions', transformer.POSITIONS)
+@pytest.mark.slow
 def test_decoder_is_causal_and_source_padding_is_ignored(positions):
   model = _seq2seq(positions=positions)
   source, _, decoder_input = _reverse_batch(2)
@@ -111,6 +113,7 @@ def _overfit(model, steps=150):
   return {'params': params}, source, target, float(loss)
 
 
+@pytest.mark.slow
 def test_encoder_decoder_overfits_a_tiny_batch_and_decodes_it():
   model = _seq2seq()
   variables, source, target, loss = _overfit(model)
@@ -121,6 +124,7 @@ def test_encoder_decoder_overfits_a_tiny_batch_and_decodes_it():
   np.testing.assert_array_equal(beam, target)
 
 
+@pytest.mark.slow
 def test_beam_search_with_one_beam_equals_greedy_and_compiles_once():
   model = _seq2seq()
   variables, source, _, _ = _overfit(model, steps=45)  # Half-trained: varied, imperfect outputs.
@@ -141,12 +145,14 @@ def test_beam_search_with_one_beam_equals_greedy_and_compiles_once():
         assert np.all(row[eos[0] + 1:] == 0)
 
 
+@pytest.mark.slow
 def test_transformer_classifier_trains_on_sequential_images(tmp_path):
   # The genre-task smoke config runs through the command line below.
   final = train_and_evaluate(transformer_config.get_config('seq_fmnist,smoke'), tmp_path)
   assert np.isfinite(final['eval_loss']) and 0 <= final['eval_accuracy'] <= 1
 
 
+@pytest.mark.slow
 def test_transformer_smoke_config_runs_from_the_command_line(tmp_path):
   result = run_module('dl10_jax.main', '--config', 'configs/transformer.py:smoke',
                       '--workdir', str(tmp_path))
