@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import numpy as np
 from absl import app, flags, logging
@@ -46,26 +46,6 @@ _QUALITY = flags.DEFINE_bool('quality', False, 'Images: print classifier_fid, co
 _BATCH = flags.DEFINE_integer('batch_size', 500, 'Images: samples generated per call.')
 flags.mark_flag_as_required('workdir')
 GRID_MAX = 256  # Samples shown in the PNG grid (a 16x16 grid at most).
-
-
-@runtime_checkable
-class ImageGenerator(Protocol):
-  """An objective that draws images itself (gan, diffusion): float32 [N, H, W, C] in [-1, 1],
-  with its own sampler options (`--sampler`, `--steps`, `--eta` pass through where given)."""
-
-  def generate(self, state: Any, rng: Any, num_samples: int, **sampler: Any) -> Any:
-    ...
-
-
-def what_it_samples(objective: type) -> str | None:
-  """'text' for a next-token language model (its model continues --prompt, its data has the
-  tokenizer), 'images' for an ImageGenerator, None for an objective that samples nothing."""
-  from dl10_jax.train.language_model import LanguageModel
-  if issubclass(objective, LanguageModel):
-    return 'text'
-  if issubclass(objective, ImageGenerator):
-    return 'images'
-  return None
 
 
 def _check(checks: tuple[tuple[str, Any, bool, str], ...]) -> None:
@@ -181,13 +161,13 @@ def _check_flags(objective: str) -> str:
   from dl10_jax.errors import ConfigError
   from dl10_jax.train import OBJECTIVES
   cls = OBJECTIVES.get(objective)
-  kind = what_it_samples(cls) if cls else None
+  kind = cls.samples if cls else None
   if kind == 'text':
     check_text_flags()
   elif kind == 'images':
     check_image_flags(_WORKDIR.value)
   else:
-    samplers = ', '.join(name for name, cls in OBJECTIVES.items() if what_it_samples(cls))
+    samplers = ', '.join(name for name, cls in OBJECTIVES.items() if cls.samples)
     raise ConfigError(f'the run in {_WORKDIR.value} has objective {objective!r}; sampling '
                       f'supports {samplers}')
   return kind

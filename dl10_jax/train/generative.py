@@ -34,6 +34,7 @@ GRID_SAMPLES = 64  # An 8x8 grid at every eval point, always from the same noise
 class ImageGenerative(Objective):
   """Batches are {'image': float[B, H, W, C] in [0, 1], ...}; samples are in [-1, 1]."""
 
+  samples = 'images'
   section: str  # The config section of the objective's options.
   state_class = EMAState
 

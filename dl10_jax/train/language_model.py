@@ -36,6 +36,8 @@ def sequence_accuracy(logits: jax.Array, targets: jax.Array, weights: jax.Array)
 
 class LanguageModel(Supervised):
 
+  samples = 'text'
+
   def model_inputs(self, batch: Batch) -> jax.Array:
     return batch['tokens'][:, :-1]
 

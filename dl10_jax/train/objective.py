@@ -76,6 +76,9 @@ class Objective(abc.ABC):
 
   # The metric the loop checks for NaN/inf and shows in the progress bar.
   loss_metric = 'train_loss'
+  # What `python -m dl10_jax.sample` draws from a trained run: 'text' (a next-token language
+  # model continuing --prompt with its data's tokenizer), 'images' (`generate`), or None.
+  samples: str | None = None
   state_class: type[TrainState] = TrainState
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, splits: Any = None):
