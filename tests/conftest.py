@@ -46,9 +46,10 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
   Real processes are tested too (test_main.py), where a behaviour needs one."""
   import contextlib
   import io
-  from absl import app, flags
+  from absl import app, flags, logging
   from dl10_jax import main
   stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+  level = logging.get_absl_logger().level  # main quietens logging; later tests read INFO lines.
   argv, sys.argv = sys.argv, ['main', *args]  # config_flags reads overrides from sys.argv.
   try:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -59,6 +60,7 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
     code = e.code if isinstance(e.code, int) else 1
   finally:
     sys.argv = argv
+    logging.get_absl_logger().setLevel(level)
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # This config's overrides.
       delattr(flags.FLAGS, name)
