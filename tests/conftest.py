@@ -60,10 +60,10 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
     code = e.code if isinstance(e.code, int) else 1
   finally:
     sys.argv = argv
-    logging.get_absl_logger().setLevel(level)
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # This config's overrides.
       delattr(flags.FLAGS, name)
+    logging.get_absl_logger().setLevel(level)  # After unparse_flags, which resets it too.
   return subprocess.CompletedProcess(['main', *args], code, stdout.getvalue(), stderr.getvalue())
 
 
