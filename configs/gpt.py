@@ -15,6 +15,7 @@ Variants (comma-separated, e.g. `:bpe,smoke`):
   pretrain   all genres except the comedies' validation play (a-midsummer-night-s-dream).
   finetune   the comedies only (validation: a-midsummer-night-s-dream), from a pre-trained run:
              --config.init_from=runs/gpt_pretrain; step 0 logs the loss before fine-tuning.
+  hf_text    a local Hugging Face dataset: --config.dataset.path=DIR (dl10_jax/data/hf_text.py).
   smoke      a seconds-long run, for tests.
 """
 
@@ -22,7 +23,7 @@ import ml_collections
 
 from dl10_jax import config_lib, config_recipes, sweeps
 
-VARIANTS = ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune')
+VARIANTS = ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune', 'hf_text')
 # What `python -m dl10_jax.sweep` compares the points by: validation nats per token (per
 # character with the char tokenizer), lower is better.
 SWEEP_METRIC = 'eval_loss'
@@ -32,7 +33,7 @@ SWEEP_MODE = 'min'
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, VARIANTS)
   variants = {'large': _large, 'mini': _mini, 'bpe': _bpe, 'pretrain': _pretrain,
-              'finetune': _finetune, 'smoke': _smoke}  # In this order: smoke shrinks the rest.
+              'finetune': _finetune, 'hf_text': _hf_text, 'smoke': _smoke}  # In this order: smoke shrinks the rest.
   return config_lib.apply_variants(_recipe(), args, variants)
 
 
@@ -97,6 +98,14 @@ def _mini(config: ml_collections.ConfigDict) -> None:
   config.dataset.block_size = 256  # The model's too: one reference.
   config.batch_size = 16
   config.learning_rate = 1e-3
+
+
+def _hf_text(config: ml_collections.ConfigDict) -> None:
+  """Adds hf_text's fields, keeping the others (tokenizer, block size) as the variants set them."""
+  for key, value in config_lib.hf_text_dataset().items():
+    if key not in config.dataset:
+      config.dataset[key] = value
+  config.dataset.name = 'hf_text'
 
 
 def _bpe(config: ml_collections.ConfigDict) -> None:

@@ -145,6 +145,25 @@ def language_model_dataset(name: str = 'shakespeare_char') -> ml_collections.Con
   })
 
 
+def hf_text_dataset() -> ml_collections.ConfigDict:
+  """Language-model fields plus those of `hf_text`, a local Hugging Face dataset
+  (dl10_jax/data/hf_text.py); its own helper, so that other datasets' configs keep their fields."""
+  config = language_model_dataset('hf_text')
+  config.update({
+      # A save_to_disk directory, a dataset directory (splits from file names), or parquet / arrow
+      # / jsonl files (a glob; one split, 'train').
+      'path': '',
+      'train_split': 'train',
+      'eval_split': 'validation',  # '': hold out the last eval_holdout of the training documents.
+      'eval_holdout': 0.05,  # < 1: a fraction of the documents; >= 1: a number of documents.
+      'text_field': 'text',
+      'separator': '\n\n',  # Between documents; escapes such as \n are decoded.
+      'max_documents': -1,  # > 0: only the first N documents of each split (quick runs).
+      'max_chars': -1,  # > 0: only the first N characters of each split.
+  })
+  return config
+
+
 def text_classification_dataset(name: str = 'shakespeare_genre') -> ml_collections.ConfigDict:
   """Dataset fields of the passage classification datasets (dl10_jax/data/text.py)."""
   return ml_collections.ConfigDict({

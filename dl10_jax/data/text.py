@@ -5,6 +5,7 @@
   the split once (`eval_loss` is over all of it). `genres` / `exclude_plays` select plays.
 - `shakespeare_genre`: which of the 6 genres a passage of `passage_lines` dialogue lines is from.
 - `text_file`: any local UTF-8 file (`dataset.path`), the first 90 % for training, the rest eval.
+- `hf_text`: documents of a local Hugging Face dataset (`hf_text.py`), joined into one text.
 - TFDS `tiny_shakespeare` (language modelling) and `imdb_reviews` (classification) by name.
 
 Prepared arrays are cached under `dataset.cache_dir` (default `$DL10_CACHE_DIR` or
@@ -26,15 +27,15 @@ import ml_collections
 import numpy as np
 
 from dl10_jax import runtime
-from dl10_jax.data import shakespeare, tokenizer as tokenizer_lib
+from dl10_jax.data import hf_text, shakespeare, tokenizer as tokenizer_lib
 from dl10_jax.data.sources import ArraySource, Splits
 from dl10_jax.errors import ConfigError, DataError, check_choice
 
-LM_DATASETS = ('shakespeare_char', 'text_file', 'tiny_shakespeare')
+LM_DATASETS = ('shakespeare_char', 'text_file', 'hf_text', 'tiny_shakespeare')
 CLASSIFICATION_DATASETS = ('shakespeare_genre', 'imdb_reviews')
 DATASETS = LM_DATASETS + CLASSIFICATION_DATASETS
 _CODE = [pathlib.Path(__file__), pathlib.Path(shakespeare.__file__),
-         pathlib.Path(tokenizer_lib.__file__)]
+         pathlib.Path(tokenizer_lib.__file__), pathlib.Path(hf_text.__file__)]
 
 
 # --- Sources. ---
@@ -119,6 +120,8 @@ def _tokenizer(config: ml_collections.ConfigDict, saved: tokenizer_lib.Tokenizer
 def _corpus_key(config: ml_collections.ConfigDict) -> Any:
   if config.name == 'text_file':  # The content itself (hashing is fast; tokenizing is not).
     return hashlib.sha256(_read_text_file(config.path).encode()).hexdigest()
+  if config.name == 'hf_text':
+    return hf_text.corpus_key(config)
   if config.name.startswith('shakespeare'):
     return shakespeare.corpus_version()
   return f'tfds:{config.name}:{config.get("data_dir", "")}'
@@ -195,6 +198,8 @@ def _lm_texts(config: ml_collections.ConfigDict) -> tuple[str, str]:
     text = _read_text_file(config.path)
     cut = int(len(text) * 0.9)
     return text[:cut], text[cut:]
+  if config.name == 'hf_text':
+    return hf_text.texts(config)
   texts = {s: '\n'.join(r['text'] for r in _tfds_text(config, s)) for s in ('train', 'validation')}
   return texts['train'], texts['validation']
 
