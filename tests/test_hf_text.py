@@ -34,6 +34,7 @@ def no_network(monkeypatch):
   def refuse(*args, **kwargs):
     raise AssertionError('hf_text tried to use the network')
   monkeypatch.setattr(socket.socket, 'connect', refuse)
+  monkeypatch.setattr(socket.socket, 'connect_ex', refuse)
   monkeypatch.setattr(socket, 'create_connection', refuse)
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
@@ -62,7 +63,7 @@ def _config(path: pathlib.Path | str, cache: pathlib.Path, **fields):
   return config
 
 
-def test_every_format_gives_the_same_token_stream(written, tmp_path):
+def test_every_format_gives_the_same_token_stream(written, tmp_path, monkeypatch):
   loaded = {k: data.load(_config(p, tmp_path / k)) for k, p in written.items()}
   first = loaded['arrow']
   assert first.input_key == 'tokens' and first.tokenizer.kind == 'char'
@@ -72,6 +73,9 @@ def test_every_format_gives_the_same_token_stream(written, tmp_path):
     assert splits.tokenizer == first.tokenizer
     np.testing.assert_array_equal(splits.train._tokens, first.train._tokens)
     np.testing.assert_array_equal(splits.eval._tokens, first.eval._tokens)
+  monkeypatch.setitem(sys.modules, 'datasets', None)  # A cached dataset needs no `datasets`.
+  again = data.load(_config(written['arrow'], tmp_path / 'arrow'))
+  np.testing.assert_array_equal(again.train._tokens, first.train._tokens)
 
 
 def test_data_files_hold_out_documents_and_limits_apply(written, tmp_path):

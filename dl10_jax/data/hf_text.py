@@ -44,7 +44,7 @@ def _checked_files(config: ml_collections.ConfigDict) -> list[pathlib.Path]:
                       'directory, a dataset directory, or parquet / arrow / jsonl files (a glob)')
   files = _files(config.path)
   if not files:
-    raise DataError(f'dataset.path={config.path!r} does not exist (or its glob matches no files); '
+    raise DataError(f'dataset.path={config.path!r} does not exist or names no files; '
                     'hf_text reads only local datasets')
   return files
 
