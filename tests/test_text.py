@@ -171,3 +171,12 @@ def test_tfds_text_datasets_by_name_with_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=8):
     splits = data.load(config)
   assert splits.num_classes == 2 and len(splits.train) == 8
+
+
+@pytest.mark.parametrize('kind,vocab_size', [('char', 0), ('bpe', 300)])
+def test_encoding_a_corpus_piece_by_piece_gives_the_same_ids(kind, vocab_size):
+  corpus = 'ROMEO:\nBut, soft! what light\r\nthrough yonder window breaks?\n\n' * 20
+  tok = tokenizer.build(kind, corpus, vocab_size)
+  for piece in (1, 7, 100, 1 << 24):
+    np.testing.assert_array_equal(text.encode(tok, corpus, piece), tok.encode(corpus))
+  assert text.encode(tok, '').shape == (0,)
