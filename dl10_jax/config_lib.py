@@ -7,6 +7,7 @@ one line naming it instead of a traceback deep inside JAX.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Callable
 
@@ -18,6 +19,7 @@ OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 DTYPES = ('float32', 'bfloat16')
 WANDB_MODES = ('online', 'offline', 'disabled')
+WANDB_INSTALL = 'pip install wandb==0.31.0'  # The version the tests use.
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -252,3 +254,7 @@ def _finalize_wandb(c: ml_collections.ConfigDict) -> None:
   if c.wandb.mode not in ('', *WANDB_MODES):
     raise ConfigError(f'wandb.mode={c.wandb.mode!r} is not supported; allowed: '
                       f'{", ".join(WANDB_MODES)}, or \'\' for $WANDB_MODE')
+  # Checked here, before any work, not when the first metric is written (found, not imported).
+  if c.wandb.project and c.wandb.mode != 'disabled' and importlib.util.find_spec('wandb') is None:
+    raise ConfigError(f'wandb.project={c.wandb.project!r} needs wandb, which is not installed: '
+                      f'{WANDB_INSTALL} (or leave wandb.project empty)')

@@ -14,18 +14,18 @@ from typing import Any, Mapping
 import numpy as np
 from etils import epath
 
+from dl10_jax.config_lib import WANDB_INSTALL
 from dl10_jax.errors import UserError
 
 RUN_ID_FILE = 'wandb_run_id'
-INSTALL = 'pip install wandb==0.31.0'
 
 
 def import_wandb() -> Any:
   try:
     import wandb
   except ImportError:
-    raise UserError(f'config.wandb.project is set but wandb is not installed: {INSTALL} (or '
-                    'leave --config.wandb.project empty)') from None
+    raise UserError(f'wandb.project is set but wandb is not installed: {WANDB_INSTALL} (or leave '
+                    'wandb.project empty)') from None
   return wandb
 
 

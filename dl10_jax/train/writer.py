@@ -78,6 +78,6 @@ def _wandb_writer(workdir) -> wandb_writer.WandbWriter | None:
   what the run used) names a wandb.project; None otherwise."""
   path = workdir / 'config.json'
   config = json.loads(path.read_text()) if path.exists() else {}
-  if not config.get('wandb', {}).get('project'):
+  if not config.get('wandb', {}).get('project') or config['wandb']['mode'] == 'disabled':
     return None
   return wandb_writer.WandbWriter(workdir, config)
