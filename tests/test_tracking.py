@@ -210,8 +210,9 @@ def test_an_optuna_worker_passes_no_secret_to_its_runs_arguments_or_summaries(tm
   opts = search.Options(1, '', 'tracking', 60, 180, 0, 5, 0)
   search.run_search(spec, workdir, lambda t: {'learning_rate': t.suggest_float('lr', 1e-4, 1e-2)},
                     lambda o: o, opts)
-  assert len(launched) == 1 and launched[0][1] is None  # The run inherits the environment ...
-  assert KEY not in ' '.join(launched[0][0]) and PASSWORD not in ' '.join(launched[0][0])  # ... only.
+  (args, env), = launched
+  assert env is None  # The run inherits the environment: secrets travel there, ...
+  assert KEY not in ' '.join(args) and PASSWORD not in ' '.join(args)  # ... never in its arguments.
   for path in workdir.rglob('*'):
     if path.is_file() and path.suffix != '.db':
       assert PASSWORD.encode() not in path.read_bytes() and KEY.encode() not in path.read_bytes()

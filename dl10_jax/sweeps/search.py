@@ -152,8 +152,8 @@ def _open_study(optuna: Any, spec: Spec, workdir: pathlib.Path, opts: Options,
       time.sleep(0.5 + random.random())
   created = study.direction.name.lower()
   if created != direction:
-    raise UserError(f'study {opts.study_name!r} in {redact(url)} was created to {created} its metric, not '
-                    f'to {direction} {spec.metric}; use another --study_name')
+    raise UserError(f'study {opts.study_name!r} in {redact(url)} was created to {created} its '
+                    f'metric, not to {direction} {spec.metric}; use another --study_name')
   return study
 
 

@@ -56,7 +56,7 @@ class WandbWriter:
   def __init__(self, workdir: epath.Path, config: Mapping[str, Any]):
     self._wandb = wandb = import_wandb()
     w = config['wandb']
-    local = '://' not in str(workdir)  # wandb keeps its files on a local disk only.
+    local = '://' not in str(workdir)  # W&B's files: WORKDIR/wandb (local disks), or $WANDB_DIR.
     try:
       self._run = wandb.init(
           project=w['project'], entity=w['entity'] or None, name=w['name'] or None,

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 import tensorboardX
+from etils import epath
 
 from dl10_jax.train import wandb_writer
 from dl10_jax.train.checkpoint import resolve_path
@@ -58,7 +59,7 @@ class MetricWriter:
       self._wandb.write(int(step), values)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
-    """A [H, W, C] image in [0, 1] (a sample grid) to TensorBoard."""
+    """A [H, W, C] image in [0, 1] (a sample grid) to TensorBoard and W&B."""
     if self._enabled:
       self._tb.add_image(name, np.asarray(image), int(step), dataformats='HWC')
       if self._wandb:
@@ -73,7 +74,7 @@ class MetricWriter:
         self._wandb.close()
 
 
-def _wandb_writer(workdir) -> wandb_writer.WandbWriter | None:
+def _wandb_writer(workdir: epath.Path) -> wandb_writer.WandbWriter | None:
   """W&B for a run whose config (config.json, as the trainer saved it: what W&B shows is exactly
   what the run used) names a wandb.project; None otherwise."""
   path = workdir / 'config.json'
