@@ -7,6 +7,7 @@ one line naming it instead of a traceback deep inside JAX.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Callable
 
@@ -17,6 +18,8 @@ from dl10_jax.errors import ConfigError, check_choice
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 DTYPES = ('float32', 'bfloat16')
+WANDB_MODES = ('online', 'offline', 'disabled')
+WANDB_INSTALL = 'pip install wandb==0.31.0'  # The version the tests use.
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -78,6 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
   # data x fsdp; fsdp also splits the large arrays of the train state; tensor splits attention
   # heads and MLP hidden units (GPT, Transformer). E.g. --config.mesh.fsdp=4.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+
+  # Weights & Biases (optional: pip install wandb==0.31.0), beside metrics.jsonl and TensorBoard;
+  # off while project is ''. mode '' leaves it to $WANDB_MODE (default online); tags are
+  # comma-separated. The API key comes from $WANDB_API_KEY or `wandb login`, never from a config.
+  c.wandb = ml_collections.ConfigDict({'project': '', 'entity': '', 'name': '', 'mode': '',
+                                       'tags': ''})
 
   c.model = ml_collections.ConfigDict({'name': ''})
   c.dataset = ml_collections.ConfigDict({
@@ -233,6 +242,7 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
     raise ConfigError(f'warmup_steps={c.warmup_steps} must be in [0, num_train_steps='
                       f'{c.num_train_steps})')
   _finalize_pruning(c)
+  _finalize_wandb(c)
   return c
 
 
@@ -254,3 +264,16 @@ def _finalize_pruning(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'pruning.end_step={p.end_step} must be in (pruning.begin_step='
                       f'{p.begin_step}, num_train_steps={c.num_train_steps}] (-1: 80 % of them)')
   _positive('pruning.every_steps', p.every_steps)
+
+
+def _finalize_wandb(c: ml_collections.ConfigDict) -> None:
+  """Checks the wandb fields (configs saved before they existed get the defaults: off)."""
+  if 'wandb' not in c:
+    c.wandb = base_config().wandb
+  if c.wandb.mode not in ('', *WANDB_MODES):
+    raise ConfigError(f'wandb.mode={c.wandb.mode!r} is not supported; allowed: '
+                      f'{", ".join(WANDB_MODES)}, or \'\' for $WANDB_MODE')
+  # Checked here, before any work, not when the first metric is written (found, not imported).
+  if c.wandb.project and c.wandb.mode != 'disabled' and importlib.util.find_spec('wandb') is None:
+    raise ConfigError(f'wandb.project={c.wandb.project!r} needs wandb, which is not installed: '
+                      f'{WANDB_INSTALL} (or leave wandb.project empty)')

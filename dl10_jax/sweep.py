@@ -4,7 +4,8 @@ from its get_search(trial); each point a run of dl10_jax.main in its own sub-wor
   python -m dl10_jax.sweep --config configs/cnn.py --workdir runs/cnn_sweep [--parallel 2]
   python -m dl10_jax.sweep --config configs/cnn.py --workdir runs/cnn_sweep --print   # commands
   python -m dl10_jax.sweep --config configs/cnn.py --workdir runs/cnn_search --search optuna \
-      --trials 20 [--storage postgresql://user:pass@host/db]   # on every worker machine
+      --trials 20 [--storage env:STUDY_URL]   # on every worker machine, $STUDY_URL holding
+      # postgresql://user:password@host/db (or $DL10_OPTUNA_STORAGE, without --storage)
 
 Extra --config.field=value overrides apply to every point. Rerunning the same command skips the
 finished points and resumes the others. Results: WORKDIR/summary.csv, summary.md, summary.png.
@@ -24,7 +25,7 @@ from absl import app, flags
 from dl10_jax import cli
 from dl10_jax.errors import ConfigError, UserError
 from dl10_jax.sweeps import points as points_lib
-from dl10_jax.sweeps import report, runner
+from dl10_jax.sweeps import report, runner, storage
 
 _CONFIG = flags.DEFINE_string('config', None, 'Config file with get_sweep() and/or get_search('
                               'trial), e.g. configs/cnn.py; path:arg passes arg to get_config.')
@@ -37,8 +38,9 @@ _SEARCH = flags.DEFINE_enum('search', 'grid', ['grid', 'optuna'], 'grid: the poi
                             'get_sweep(); optuna: trials of get_search(trial).')
 _TRIALS = flags.DEFINE_integer('trials', 0, 'Optuna: trials of the whole study, all workers '
                                'together.')
-_STORAGE = flags.DEFINE_string('storage', '', 'Optuna: SQLAlchemy URL of the study database '
-                               '(default: SQLite in --workdir, for one machine).')
+_STORAGE = flags.DEFINE_string('storage', '', 'Optuna: SQLAlchemy URL of the study database, or '
+                               'env:VAR for the URL in $VAR (a password stays out of the process '
+                               'list; default: $DL10_OPTUNA_STORAGE, else SQLite in --workdir).')
 _STUDY = flags.DEFINE_string('study_name', '', 'Optuna: study name (default: the --workdir '
                              'directory name).')
 _METRIC = flags.DEFINE_string('metric', '', 'Metric to optimise (default: the config\'s '
@@ -151,13 +153,18 @@ def _optuna(module: ModuleType, config: Any, spec: runner.Spec, workdir: pathlib
   for name, flag in (('heartbeat_interval', _HEARTBEAT), ('grace_period', _GRACE)):
     if flag.value < 1:
       raise ConfigError(f'--{name}={flag.value} must be >= 1 (seconds)')
-  opts = search.Options(_TRIALS.value, _STORAGE.value, _STUDY.value or workdir.resolve().name,
+  warning = storage.warn_if_visible(_STORAGE.value)
+  if warning:
+    print(warning, file=sys.stderr, flush=True)
+  url = storage.resolve(_STORAGE.value)
+  opts = search.Options(_TRIALS.value, url, _STUDY.value or workdir.resolve().name,
                         _HEARTBEAT.value, _GRACE.value, _MAX_RETRY.value, _PRUNE_TRIALS.value,
                         _PRUNE_STEPS.value)
   if _PRINT.value:
     print(shlex.join(['python', '-m', 'dl10_jax.sweep', '--config', spec.config, '--workdir',
                       str(workdir), '--search', 'optuna', '--trials', str(opts.trials),
-                      '--storage', search.storage_url(opts, workdir), '--study_name',
+                      '--storage', (storage.worker_arg(_STORAGE.value, url) or
+                                    search.storage_url(opts, workdir)), '--study_name',
                       opts.study_name, *spec.extra_args]))
     return
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from dl10_jax.sweeps.runner import Spec, write_atomic
+from dl10_jax.sweeps.storage import redact
 
 # Columns of the final metrics: the swept one first, then these if logged, in this order.
 _PREFERRED = ('eval_loss', 'eval_accuracy', 'train_loss', 'train_accuracy')
@@ -116,7 +117,7 @@ class Summary:
   a minute until the last write."""
 
   def __init__(self, workdir: pathlib.Path, spec: Spec, title: str, plot_every_s: float = 60.0):
-    self._workdir, self._spec, self._title = workdir, spec, title
+    self._workdir, self._spec, self._title = workdir, spec, redact(title)
     self._plot_every_s, self._plotted = plot_every_s, time.monotonic()
 
   def write(self, rows: list[dict[str, Any]], last: bool = False) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from dl10_jax.errors import ConfigError
 from dl10_jax.sweeps.points import Point, override_args
+from dl10_jax.sweeps.storage import redact
 
 # Test hook: a module run instead of dl10_jax.main (tests/sweep_fake_trainer.py).
 TRAINER_ENV = 'DL10_SWEEP_TRAINER'
@@ -254,7 +255,8 @@ def _run_trainer(args: list[str], workdir: pathlib.Path, feed: Callable[[], bool
     status = 'done' if proc.returncode == 0 else 'failed'
   error = ''
   if status == 'failed':
-    error = _last_line(workdir / 'stderr.log', err_offset) or f'exit code {proc.returncode}'
+    error = (redact(_last_line(workdir / 'stderr.log', err_offset)) or
+             f'exit code {proc.returncode}')
   return status, proc.returncode, error
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from dl10_jax.errors import UserError
 from dl10_jax.sweeps import report
+from dl10_jax.sweeps.storage import redact
 from dl10_jax.sweeps.points import point_name
 from dl10_jax.sweeps.runner import Spec, SweepPoint, check_finished, describe, run_point
 
@@ -31,7 +32,7 @@ _STATUS = {'COMPLETE': 'done', 'PRUNED': 'pruned', 'FAIL': 'failed', 'RUNNING': 
 @dataclasses.dataclass(frozen=True)
 class Options:
   trials: int  # Trials of the whole study, over all workers.
-  storage: str  # SQLAlchemy URL; '' is WORKDIR/optuna.db (SQLite).
+  storage: str  # SQLAlchemy URL (shown only through storage.redact); '' is WORKDIR/optuna.db.
   study_name: str
   heartbeat_interval: int  # Seconds between a running trial's heartbeats.
   grace_period: int  # Seconds without a heartbeat after which a running trial is lost.
@@ -146,13 +147,13 @@ def _open_study(optuna: Any, spec: Spec, workdir: pathlib.Path, opts: Options,
       break
     except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.ArgumentError, ImportError) as e:
       if attempt == 4 or not isinstance(e, sqlalchemy.exc.DBAPIError):
-        message = str(e).strip().splitlines()[0]
-        raise UserError(f'cannot use the study storage {url!r}: {message}') from None
+        message = redact(str(e).strip().splitlines()[0])
+        raise UserError(f'cannot use the study storage {redact(url)!r}: {message}') from None
       time.sleep(0.5 + random.random())
   created = study.direction.name.lower()
   if created != direction:
-    raise UserError(f'study {opts.study_name!r} in {url} was created to {created} its metric, not '
-                    f'to {direction} {spec.metric}; use another --study_name')
+    raise UserError(f'study {opts.study_name!r} in {redact(url)} was created to {created} its '
+                    f'metric, not to {direction} {spec.metric}; use another --study_name')
   return study
 
 

@@ -1,4 +1,5 @@
-"""Where metrics go: `WORKDIR/metrics.jsonl` (one JSON object per event) and TensorBoard files.
+"""Where metrics go: `WORKDIR/metrics.jsonl` (one JSON object per event), TensorBoard files and,
+when the run's config turns it on, Weights & Biases (wandb_writer.py).
 
 tensorboardX writes event files without TensorFlow, also to gs:// (with google-cloud-storage).
 Only process 0 writes.
@@ -13,7 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 import tensorboardX
+from etils import epath
 
+from dl10_jax.train import wandb_writer
 from dl10_jax.train.checkpoint import resolve_path
 
 
@@ -37,6 +40,7 @@ class MetricWriter:
       else:
         self._jsonl = open(self._path, 'a', encoding='utf-8')
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'))
+      self._wandb = _wandb_writer(workdir)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._enabled:
@@ -51,14 +55,30 @@ class MetricWriter:
       self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, v, int(step))
+    if self._wandb:
+      self._wandb.write(int(step), values)
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
-    """A [H, W, C] image in [0, 1] (a sample grid) to TensorBoard."""
+    """A [H, W, C] image in [0, 1] (a sample grid) to TensorBoard and W&B."""
     if self._enabled:
       self._tb.add_image(name, np.asarray(image), int(step), dataformats='HWC')
+      if self._wandb:
+        self._wandb.write_image(int(step), name, image)
 
   def close(self) -> None:
     if self._enabled:
       if not self._rewrite:
         self._jsonl.close()
       self._tb.close()
+      if self._wandb:
+        self._wandb.close()
+
+
+def _wandb_writer(workdir: epath.Path) -> wandb_writer.WandbWriter | None:
+  """W&B for a run whose config (config.json, as the trainer saved it: what W&B shows is exactly
+  what the run used) names a wandb.project; None otherwise."""
+  path = workdir / 'config.json'
+  config = json.loads(path.read_text()) if path.exists() else {}
+  if not config.get('wandb', {}).get('project') or config['wandb']['mode'] == 'disabled':
+    return None
+  return wandb_writer.WandbWriter(workdir, config)
