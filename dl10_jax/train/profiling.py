@@ -1,0 +1,94 @@
+"""Where a training step's time goes: jax.profiler traces of chosen steps, and a host-side
+breakdown of every log interval that costs no extra host sync.
+
+The breakdown splits the host's wall time per step into three measured parts:
+  time_data_wait: waiting for the next batch (the input pipeline and its transfer to the mesh);
+  time_dispatch: inside the jitted step's call (tracing, argument checks, enqueueing the work);
+  time_device: blocked at the log point's device_get on device work the host had run ahead of.
+Dispatch is asynchronous, so the device computes while the host waits for data or dispatches:
+time_device is the device time that nothing on the host hid. Near zero, the device waits for the
+host (input- or dispatch-bound: see data_wait_fraction); large, the device is the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+
+from dl10_jax import config_lib
+
+PARTS = ('data_wait', 'dispatch', 'device')
+
+
+class StepTimes:
+  """Host seconds spent in each of PARTS since the last reset (the throughput clock's start)."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self._seconds = dict.fromkeys(PARTS, 0.0)
+    self._part, self._start = '', 0.0
+
+  def __call__(self, part: str) -> StepTimes:
+    """`with times('dispatch'): ...` adds the block's wall time to that part."""
+    self._part = part
+    return self
+
+  def __enter__(self) -> None:
+    self._start = time.perf_counter()
+
+  def __exit__(self, *exc: Any) -> None:
+    self._seconds[self._part] += time.perf_counter() - self._start
+
+  def summary(self, steps: int, wall_seconds: float) -> dict[str, float]:
+    """Seconds per step of each part, and the share of the wall time spent waiting for data."""
+    per_step = {f'time_{part}': s / steps if steps else 0.0 for part, s in self._seconds.items()}
+    fraction = self._seconds['data_wait'] / wall_seconds if steps and wall_seconds > 0 else 0.0
+    return {**per_step, 'data_wait_fraction': fraction}
+
+
+def trace_dir(workdir: os.PathLike | str) -> str:
+  """WORKDIR/profile for process 0; WORKDIR/profile/process_N for the others (hosts of one
+  machine would otherwise write the same <hostname>.xplane.pb)."""
+  index = jax.process_index()
+  return os.fspath(os.path.join(os.fspath(workdir), 'profile',
+                                *([f'process_{index}'] if index else [])))
+
+
+class Profile:
+  """A jax.profiler trace of steps START .. START+COUNT-1 (config.profile_steps) of a run that
+  starts after `start_step`; a run resumed past START traces nothing."""
+
+  def __init__(self, profile_steps: str, workdir: os.PathLike | str, start_step: int):
+    window = config_lib.profile_window(profile_steps)
+    self._first, self._last = (window[0], sum(window) - 1) if window else (0, -1)
+    if self._first <= start_step:
+      self._first, self._last = 0, -1
+    self._dir, self.active = trace_dir(workdir), False
+
+  def begin_step(self, step: int) -> bool:
+    """Starts the trace before its first step's batch is read; True if it did."""
+    if step != self._first:
+      return False
+    jax.profiler.start_trace(self._dir)
+    self.active = True
+    return True
+
+  def end_step(self, step: int, state: Any) -> bool:
+    """After the last traced step: waits for its device work (else the trace ends before the
+    work it dispatched ran), then writes the trace. True if it did."""
+    if not self.active or step != self._last:
+      return False
+    jax.block_until_ready(state)
+    self.stop()
+    return True
+
+  def stop(self) -> None:
+    """Writes a trace still running (a run that raised or stopped inside the window)."""
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
