@@ -1,13 +1,16 @@
 """Where a training step's time goes: jax.profiler traces of chosen steps, and a host-side
 breakdown of every log interval that costs no extra host sync.
 
-The breakdown splits the host's wall time per step into three measured parts:
+The breakdown splits the host's wall time per step (1 / steps_per_sec, less the loop's own
+bookkeeping) into three measured parts, in seconds per step:
   time_data_wait: waiting for the next batch (the input pipeline and its transfer to the mesh);
-  time_dispatch: inside the jitted step's call (tracing, argument checks, enqueueing the work);
+  time_dispatch: inside the jitted step's call (argument checks, enqueueing the work; a runtime
+    whose queue of launched work is full blocks here too);
   time_device: blocked at the log point's device_get on device work the host had run ahead of.
 Dispatch is asynchronous, so the device computes while the host waits for data or dispatches:
 time_device is the device time that nothing on the host hid. Near zero, the device waits for the
-host (input- or dispatch-bound: see data_wait_fraction); large, the device is the limit.
+host (input-bound if data_wait_fraction is large, else dispatch-bound); large, the device is the
+limit. data_wait_fraction is time_data_wait's share of the wall time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+from etils import epath
 
 from dl10_jax import config_lib
 
@@ -52,11 +56,11 @@ class StepTimes:
 
 
 def trace_dir(workdir: os.PathLike | str) -> str:
-  """WORKDIR/profile for process 0; WORKDIR/profile/process_N for the others (hosts of one
-  machine would otherwise write the same <hostname>.xplane.pb)."""
+  """WORKDIR/profile for process 0; WORKDIR/profile/process_N for the others (processes of one
+  host would otherwise write the same <hostname>.xplane.pb)."""
   index = jax.process_index()
-  return os.fspath(os.path.join(os.fspath(workdir), 'profile',
-                                *([f'process_{index}'] if index else [])))
+  path = epath.Path(workdir) / 'profile'
+  return str(path / f'process_{index}' if index else path)
 
 
 class Profile:

@@ -254,8 +254,8 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
 
 class _Progress:
   """The loop's host side: per-step metrics kept on the device until a log point, the throughput
-  clock and the step-time breakdown (profiling.py), a profile of chosen steps, the progress bar and
-  the metric writer; `final` holds the newest value of each metric."""
+  clock and its breakdown, a profile of chosen steps (profiling.py), the progress bar and the
+  metric writer; `final` holds the newest value of each metric."""
 
   def __init__(self, exp: Experiment, workdir: epath.Path, state: TrainState, start_step: int):
     config = exp.config
