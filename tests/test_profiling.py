@@ -1,5 +1,8 @@
 """Profiles of chosen steps (config.profile_steps) and the step-time breakdown at log points."""
 
+import gzip
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -24,6 +27,9 @@ def test_a_run_writes_the_trace_and_the_breakdown_at_every_log_point(tmp_path):
                     '--config.profile_steps=2,2')
   assert result.returncode == 0, result.stderr
   assert len(_traces(tmp_path / 'profile')) == 1
+  (timeline,) = (tmp_path / 'profile').rglob('*.trace.json.gz')  # Written beside, on CPU too.
+  events = json.loads(gzip.decompress(timeline.read_bytes()))['traceEvents']
+  assert sorted(e['args']['step_num'] for e in events if e.get('name') == 'train') == ['2', '3']
   logs = [e for e in read_metrics(tmp_path) if 'train_loss' in e]
   assert [e['step'] for e in logs] == [4, 8, 12, 16]
   for event in logs:

@@ -65,7 +65,8 @@ def trace_dir(workdir: os.PathLike | str) -> str:
 
 class Profile:
   """A jax.profiler trace of steps START .. START+COUNT-1 (config.profile_steps) of a run that
-  starts after `start_step`; a run resumed past START traces nothing."""
+  starts after `start_step`; a run resumed past START traces nothing. Each traced step is marked
+  (StepTraceAnnotation), so that the profile's overview and step-time graph find the steps."""
 
   def __init__(self, profile_steps: str, workdir: os.PathLike | str, start_step: int):
     window = config_lib.profile_window(profile_steps)
@@ -73,19 +74,27 @@ class Profile:
     if self._first <= start_step:
       self._first, self._last = 0, -1
     self._dir, self.active = trace_dir(workdir), False
+    self._step_mark: jax.profiler.StepTraceAnnotation | None = None
 
   def begin_step(self, step: int) -> bool:
-    """Starts the trace before its first step's batch is read; True if it did."""
-    if step != self._first:
-      return False
-    jax.profiler.start_trace(self._dir)
-    self.active = True
-    return True
+    """Starts the trace before its first step's batch is read, and marks each traced step's
+    start; True if the trace started."""
+    started = step == self._first
+    if started:
+      jax.profiler.start_trace(self._dir)
+      self.active = True
+    if self.active:
+      self._step_mark = jax.profiler.StepTraceAnnotation('train', step_num=step)
+      self._step_mark.__enter__()
+    return started
 
   def end_step(self, step: int, state: Any) -> bool:
-    """After the last traced step: waits for its device work (else the trace ends before the
-    work it dispatched ran), then writes the trace. True if it did."""
-    if not self.active or step != self._last:
+    """Marks a traced step's end; after the last one, waits for its device work (else the trace
+    ends before the work it dispatched ran), then writes the trace. True if it did."""
+    if not self.active:
+      return False
+    self._end_mark()
+    if step != self._last:
       return False
     jax.block_until_ready(state)
     self.stop()
@@ -94,5 +103,11 @@ class Profile:
   def stop(self) -> None:
     """Writes a trace still running (a run that raised or stopped inside the window)."""
     if self.active:
+      self._end_mark()
       self.active = False
       jax.profiler.stop_trace()
+
+  def _end_mark(self) -> None:
+    if self._step_mark is not None:
+      self._step_mark.__exit__(None, None, None)
+      self._step_mark = None
