@@ -117,8 +117,9 @@ def step_flops(config) -> float:
 
 def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
                         flops: float | None = None, profile_dir: str = '') -> dict[str, float]:
-  """Seconds per step of each timed call, on batches already on the device and fed by grain;
-  with `profile_dir`, the timed calls (each kind annotated by name) are traced there."""
+  """Seconds per step of each timed call, on batches already on the device and fed by grain, and
+  the rates of their medians; with `profile_dir`, the timed calls (each kind named) are traced
+  there."""
   import jax
   from dl10_jax.train import sharding
   from dl10_jax.train.trainer import build_experiment
@@ -245,7 +246,8 @@ def main(argv):
            f'XLA_FLAGS {flags_in_effect}; batch {config.batch_size}' +
            (f' x {per_example} tokens' if per_example else '') +
            f', dtype {config.dtype}; medians of {_REPEATS.value} calls x {_STEPS.value} steps '
-           f'(PyTorch: {2 * _REPEATS.value} calls, before and after JAX).',
+           f'(PyTorch: {2 * _REPEATS.value} calls, before and after JAX)' +
+           ('; JAX traced by --profile, its overhead included.' if _PROFILE.value else '.'),
            f'float32 matmul peak (2048^3): jax {peak / 1e9:.0f} GFLOP/s' +
            (f', PyTorch {torch_peak / 1e9:.0f} GFLOP/s' if torch_peak else '') + '.\n',
            f'| implementation | steps/s | {unit} | {unit} fed by grain | model GFLOP/s | '

@@ -120,6 +120,7 @@ def test_benchmark_names_the_allocator_and_flags(tmp_path):
   (row,) = data['jax'].values()
   assert len(row['seconds_per_step']) == 2 and data['allocator'] in ('glibc', 'tcmalloc')
   assert list((tmp_path / 'profile').rglob('*.xplane.pb'))  # --profile: the timed calls' trace.
+  assert 'traced by --profile' in text
 
 
 def test_setup_env_refuses_an_old_python_with_one_line(tmp_path):
