@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.progress_bar = True
+  # 'START,COUNT': a jax.profiler trace of steps START .. START+COUNT-1 in WORKDIR/profile (open
+  # it in TensorBoard's profile tab); '' traces nothing. A run resumed past START traces nothing.
+  c.profile_steps = ''
 
   # Mesh axis sizes (train/sharding.py); -1 takes all remaining devices. Batches split over
   # data x fsdp; fsdp also splits the large arrays of the train state; tensor splits attention
@@ -190,6 +193,18 @@ def text_classification_dataset(name: str = 'shakespeare_genre') -> ml_collectio
   })
 
 
+def profile_window(value: str) -> tuple[int, int] | None:
+  """(start, count) of a `profile_steps` value, None for ''; one line for anything else."""
+  parts = [p.strip() for p in value.split(',')] if value.strip() else []
+  if not parts:
+    return None
+  if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) < 1 or \
+      int(parts[1]) < 1:
+    raise ConfigError(f"profile_steps={value!r} must be 'START,COUNT' with START >= 1 and "
+                      "COUNT >= 1 (traces steps START .. START+COUNT-1), or '' for none")
+  return int(parts[0]), int(parts[1])
+
+
 def _positive(name: str, value: float) -> None:
   if not value > 0:
     raise ConfigError(f'{name}={value!r} must be > 0')
@@ -241,6 +256,10 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   if c.warmup_steps < 0 or (c.schedule == 'warmup_cosine' and c.warmup_steps >= c.num_train_steps):
     raise ConfigError(f'warmup_steps={c.warmup_steps} must be in [0, num_train_steps='
                       f'{c.num_train_steps})')
+  window = profile_window(c.get('profile_steps', ''))
+  if window and sum(window) - 1 > c.num_train_steps:
+    raise ConfigError(f'profile_steps={c.profile_steps!r} traces up to step {sum(window) - 1}, '
+                      f'past num_train_steps={c.num_train_steps}')
   _finalize_pruning(c)
   _finalize_wandb(c)
   return c

@@ -14,12 +14,14 @@ with --torch_compile compiled) timed in the same process, so under the same allo
 after JAX, and the ratios. Every figure is the median over all timed calls (PyTorch's: before and
 after together). The step is timed on real training batches already on the device, then again fed
 by the grain pipeline as in training. Appends a table, naming the allocator and the XLA flags, to
-experiments/benchmarks.md.
+experiments/benchmarks.md. With --profile DIR, the timed JAX calls are also traced into DIR
+(overhead included in the figures): `tensorboard --logdir DIR`, profile tab.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime
 import json
 import os
@@ -50,6 +52,8 @@ _COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time the torch.compil
 _OUT = flags.DEFINE_string('out', str(ROOT / 'experiments' / 'benchmarks.md'),
                            'Markdown log to append to (empty: none).')
 _RECORD = flags.DEFINE_string('record', '', 'JSON-lines file to append the raw timings to.')
+_PROFILE = flags.DEFINE_string('profile', '', 'Directory to write a jax.profiler trace of the '
+                               'timed JAX calls to (several variants: one subdirectory each).')
 
 
 def apply_overrides(config, variant: str):
@@ -112,7 +116,10 @@ def step_flops(config) -> float:
 
 
 def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
-                        flops: float | None = None) -> dict[str, float]:
+                        flops: float | None = None, profile_dir: str = '') -> dict[str, float]:
+  """Seconds per step of each timed call, on batches already on the device and fed by grain, and
+  the rates of their medians; with `profile_dir`, the timed calls (each kind named) are traced
+  there."""
   import jax
   from dl10_jax.train import sharding
   from dl10_jax.train.trainer import build_experiment
@@ -136,8 +143,11 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
     jax.block_until_ready(metrics)
 
   run(warmup)
-  calls = [t / steps for t in call_times(lambda: run(steps), repeats)]
-  fed_calls = [t / steps for t in call_times(lambda: run_fed(steps), repeats)]
+  with jax.profiler.trace(profile_dir) if profile_dir else contextlib.nullcontext():
+    with jax.profiler.TraceAnnotation('device_batches'):  # Names in the trace; free without one.
+      calls = [t / steps for t in call_times(lambda: run(steps), repeats)]
+    with jax.profiler.TraceAnnotation('fed_by_grain'):
+      fed_calls = [t / steps for t in call_times(lambda: run_fed(steps), repeats)]
   seconds, fed_seconds = statistics.median(calls), statistics.median(fed_calls)
   return {'seconds_per_step': calls, 'fed_seconds_per_step': fed_calls,
           'steps_per_sec': 1 / seconds,
@@ -203,13 +213,17 @@ def main(argv):
 
   time_torch()
   rows = []
-  for variant in _VARIANTS.value.split(';'):
+  variants = _VARIANTS.value.split(';')
+  for index, variant in enumerate(variants):
+    profile_dir = _PROFILE.value and (os.path.join(_PROFILE.value, f'variant_{index}')
+                                      if len(variants) > 1 else _PROFILE.value)
     r = jax_step_throughput(apply_overrides(config, variant), _STEPS.value, _WARMUP.value,
-                            _REPEATS.value)
+                            _REPEATS.value, profile_dir=profile_dir)
     label = f'jax {variant}' if variant else 'jax (config as given)'
     rows.append((label, r))
     print(f'{label}: {r["examples_per_sec"]:.0f} examples/s, '
-          f'{r["flops_per_sec"] / 1e9:.1f} GFLOP/s ({r["flops_per_sec"] / peak:.1%} of peak)')
+          f'{r["flops_per_sec"] / 1e9:.1f} GFLOP/s ({r["flops_per_sec"] / peak:.1%} of peak)' +
+          (f'; trace in {profile_dir}' if profile_dir else ''))
   time_torch()
   torch_rate = {kind: config.batch_size / statistics.median(calls)
                 for kind, calls in torch_calls.items()}
@@ -232,7 +246,8 @@ def main(argv):
            f'XLA_FLAGS {flags_in_effect}; batch {config.batch_size}' +
            (f' x {per_example} tokens' if per_example else '') +
            f', dtype {config.dtype}; medians of {_REPEATS.value} calls x {_STEPS.value} steps '
-           f'(PyTorch: {2 * _REPEATS.value} calls, before and after JAX).',
+           f'(PyTorch: {2 * _REPEATS.value} calls, before and after JAX)' +
+           ('; JAX traced by --profile, its overhead included.' if _PROFILE.value else '.'),
            f'float32 matmul peak (2048^3): jax {peak / 1e9:.0f} GFLOP/s' +
            (f', PyTorch {torch_peak / 1e9:.0f} GFLOP/s' if torch_peak else '') + '.\n',
            f'| implementation | steps/s | {unit} | {unit} fed by grain | model GFLOP/s | '

@@ -109,7 +109,8 @@ def test_benchmark_names_the_allocator_and_flags(tmp_path):
   record = tmp_path / 'record.jsonl'
   result = subprocess.run(
       [sys.executable, 'scripts/benchmark.py', '--config=configs/cnn.py:smoke', '--steps=2',
-       '--warmup=1', '--repeats=2', f'--out={tmp_path / "b.md"}', f'--record={record}'],
+       '--warmup=1', '--repeats=2', f'--out={tmp_path / "b.md"}', f'--record={record}',
+       f'--profile={tmp_path / "profile"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   text = (tmp_path / 'b.md').read_text()
@@ -118,6 +119,8 @@ def test_benchmark_names_the_allocator_and_flags(tmp_path):
   (data,) = [json.loads(line) for line in record.read_text().splitlines()]
   (row,) = data['jax'].values()
   assert len(row['seconds_per_step']) == 2 and data['allocator'] in ('glibc', 'tcmalloc')
+  assert list((tmp_path / 'profile').rglob('*.xplane.pb'))  # --profile: the timed calls' trace.
+  assert 'traced by --profile' in text
 
 
 def test_setup_env_refuses_an_old_python_with_one_line(tmp_path):

@@ -26,7 +26,8 @@ from etils import epath
 from dl10_jax import config_lib, data, models, runtime
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
-from dl10_jax.train import checkpoint, make_objective, optim, pruning, sharding, throughput
+from dl10_jax.train import (checkpoint, make_objective, optim, profiling, pruning, sharding,
+                            throughput)
 from dl10_jax.train.checkpoint import Checkpointer
 from dl10_jax.train.objective import Objective
 from dl10_jax.train.state import TrainState
@@ -176,8 +177,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   num_steps = config.num_train_steps
   try:
     for step in range(start_step + 1, num_steps + 1):
-      state, metrics = exp.train_step(state, sharding.to_global(next(train_iter), exp.mesh))
-      progress.add(step, metrics)
+      progress.begin_step(step)  # A profile starts at its first step.
+      with progress.times('data_wait'):
+        batch = sharding.to_global(next(train_iter), exp.mesh)
+      with progress.times('dispatch'):
+        state, metrics = exp.train_step(state, batch)
+      progress.add(step, metrics, state)
       do_eval = step % config.eval_every_steps == 0 or step == num_steps
       do_save = step % config.checkpoint_every_steps == 0 or step == num_steps
       # Eval and checkpoint points log too: no NaN state is evaluated or saved unnoticed, and log
@@ -249,7 +254,8 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
 
 class _Progress:
   """The loop's host side: per-step metrics kept on the device until a log point, the throughput
-  clock, the progress bar and the metric writer; `final` holds the newest value of each metric."""
+  clock and its breakdown, a profile of chosen steps (profiling.py), the progress bar and the
+  metric writer; `final` holds the newest value of each metric."""
 
   def __init__(self, exp: Experiment, workdir: epath.Path, state: TrainState, start_step: int):
     config = exp.config
@@ -265,6 +271,8 @@ class _Progress:
     self._last_log_step = start_step
     # Throughput excludes compile + eval.
     self._timer_step, self._timer_start = start_step, time.perf_counter()
+    self.times = profiling.StepTimes()  # Parts of the clock's time, measured by the loop.
+    self._profile = profiling.Profile(config.get('profile_steps', ''), workdir, start_step)
     self.final: dict[str, float] = {}
     if start_step:
       self._bar.write(f'Resumed from the checkpoint of step {start_step} in {workdir}')
@@ -274,17 +282,24 @@ class _Progress:
       self._bar.write('step 0 (from init_from): ' +
                       ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
 
-  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+  def begin_step(self, step: int) -> None:
+    if self._profile.begin_step(step):  # Tracing's own start is kept out of the throughput.
+      self._restart_clock_at(step - 1)
+
+  def add(self, step: int, metrics: dict[str, jax.Array], state: TrainState) -> None:
     """Keeps a step's metrics on the device; the first step compiles, so the clock starts after."""
     self._pending.append(metrics)
     if step == self._start_step + 1:
       jax.block_until_ready(metrics)
-      self._timer_step, self._timer_start = step, time.perf_counter()
+      self._restart_clock_at(step)
+    if self._profile.end_step(step, state):  # Writing the trace is kept out of the throughput.
+      self._restart_clock_at(step)
 
   def log_point(self, step: int) -> None:
     """The one host sync per log interval: the mean of each metric, throughput, a NaN check."""
     exp, config = self._exp, self._exp.config
-    history = jax.device_get(self._pending)
+    with self.times('device'):
+      history = jax.device_get(self._pending)
     _check_finite(history, self._last_log_step + 1, exp.objective.loss_metric)
     now = time.perf_counter()
     steps_per_sec = ((step - self._timer_step) / (now - self._timer_start)
@@ -292,7 +307,8 @@ class _Progress:
     summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     summary.update(learning_rate=float(exp.schedule(step - 1)), steps_per_sec=steps_per_sec,
                    examples_per_sec=steps_per_sec * config.batch_size,
-                   **exp.objective.throughput(steps_per_sec))
+                   **exp.objective.throughput(steps_per_sec),
+                   **self.times.summary(step - self._timer_step, now - self._timer_start))
     if self._flops_per_step:
       summary.update(model_flops_per_sec=self._flops_per_step * steps_per_sec,
                      mfu=self._flops_per_step * steps_per_sec / self._peak)
@@ -303,6 +319,7 @@ class _Progress:
     self.final.update(summary)
     self._pending, self._last_log_step = [], step
     self._timer_step, self._timer_start = step, now
+    self.times.reset()
 
   def eval_point(self, step: int, state: TrainState) -> None:
     """The eval split's metrics (and the objective's artifacts: sample grids) for `state`."""
@@ -317,8 +334,15 @@ class _Progress:
 
   def restart_clock(self) -> None:
     self._timer_start = time.perf_counter()
+    self.times.reset()
+
+  def _restart_clock_at(self, step: int) -> None:
+    """The throughput counts from the end of `step`, away from a log point too."""
+    self._timer_step = step
+    self.restart_clock()
 
   def close(self) -> None:
+    self._profile.stop()
     self._bar.close()
     self._writer.close()
 
