@@ -84,6 +84,9 @@ class GAN(ImageGenerative):
     if config.pruning.sparsity:
       raise ConfigError(f'pruning.sparsity={config.pruning.sparsity} is not supported by '
                         'objective=gan; use 0')
+    if config.dtype == 'float16':  # Two losses would need two loss scales; bf16 needs none.
+      raise ConfigError("dtype='float16' is not supported by objective=gan; use bfloat16 or "
+                        'float32')
     if config.microbatch_size:  # Each network's pass sees the whole batch (its BN statistics).
       raise ConfigError(f'microbatch_size={config.microbatch_size} is not supported by '
                         'objective=gan; use 0')
