@@ -14,6 +14,8 @@ from dl10_jax.train import loss_scale, sharding
 from dl10_jax.train.gan import GAN
 from dl10_jax.train.trainer import build_experiment, train_and_evaluate
 
+F32 = np.dtype('float32')
+
 
 def _finalized_dtype(config, backend):
   return config_lib.finalize(config, 512, 1, backend).dtype
@@ -62,7 +64,7 @@ def _floating_dtypes(tree):
 def test_bf16_keeps_params_optimizer_state_and_logits_float32():
   _, state, exp = _run(gpt.get_config('smoke'), 'bfloat16', 2)
   assert exp.config.dtype == 'bfloat16'
-  assert _floating_dtypes(state.params) == _floating_dtypes(state.opt_state) == {np.dtype('float32')}
+  assert _floating_dtypes(state.params) == _floating_dtypes(state.opt_state) == {F32}
   tokens = jnp.zeros((2, 8), jnp.int32)
   logits = jax.eval_shape(exp.objective.model.apply, {'params': state.params}, tokens)
   assert logits.dtype == jnp.float32
@@ -93,7 +95,7 @@ def test_bf16_loss_curve_tracks_float32(name):
   assert gap.max() < max_gap, gap.max()
   assert gap[-50:].mean() < mean_gap, gap[-50:].mean()
   assert runs['bfloat16'][-10:].mean() < 0.7 * runs['bfloat16'][0]  # And it learned.
-  assert _floating_dtypes(state.params) == {np.dtype('float32')}
+  assert _floating_dtypes(state.params) == {F32}
 
 
 @pytest.mark.slow
