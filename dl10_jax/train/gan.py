@@ -8,7 +8,7 @@ log-sigmoid): sigmoid-then-log would round a confident D's probability to 0 or 1
 loss inf. Options (`config.gan`): one-sided label smoothing (real target 1 - s; Salimans et al.
 2016), an R1 penalty r1_weight / 2 * E|grad_x D(x)|^2 on real images (Mescheder et al. 2018), and
 an EMA of G's weights, which samples and eval use (smoother than the weights of the last step).
-`grad_clip_norm` clips each network's gradient by its own global norm; `pruning` and
+`grad_clip_norm` clips each network's gradient by its own global norm; `pruning`, dtype=float16 and
 `microbatch_size` are refused (one line each), not ignored.
 
 Eval generates as many images as the eval split has and scores them with `classifier_fid`
