@@ -13,11 +13,12 @@ from typing import Callable
 
 import ml_collections
 
+from dl10_jax import precision, runtime
 from dl10_jax.errors import ConfigError, check_choice
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = precision.DTYPES
 WANDB_MODES = ('online', 'offline', 'disabled')
 WANDB_INSTALL = 'pip install wandb==0.31.0'  # The version the tests use.
 
@@ -59,7 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   # must be chosen: True allows it; False makes such a config an error.
   c.ghost_batch_norm = False
 
-  c.dtype = 'float32'  # Compute dtype; parameters stay float32.
+  # Compute dtype; parameters, optimizer state and loss stay float32. 'auto': float32 on CPU,
+  # bfloat16 on GPU/TPU for the families listed in dl10_jax/precision.py. 'float16' scales the
+  # loss dynamically (train/loss_scale.py).
+  c.dtype = 'auto'
 
   # Fine-tuning / transfer: start from another run's parameters (a workdir, its checkpoints dir or
   # one step's dir), with this run's own optimizer, schedule and step. Parameters whose path
@@ -222,6 +226,9 @@ def finalize(config: ml_collections.ConfigDict, num_train_examples: int,
   check_choice('optimizer', c.optimizer, OPTIMIZERS)
   check_choice('schedule', c.schedule, SCHEDULES)
   check_choice('dtype', c.dtype, DTYPES)
+  c.dtype, why = precision.resolve_dtype(c.dtype, c.model.name, backend)
+  if config.dtype == 'auto':
+    runtime.log_once(f'dtype=auto: computing in {c.dtype} ({why})')
   _positive('batch_size', c.batch_size)
   _positive('eval_batch_size', c.eval_batch_size)
   _positive('learning_rate', c.learning_rate)

@@ -29,7 +29,8 @@ def test_epochs_become_steps_and_eval_defaults_to_once_per_epoch():
 @pytest.mark.parametrize('field,value,message', [
     ('optimizer', 'lion', "optimizer='lion' is not supported; allowed: adam, adamw, sgd"),
     ('schedule', 'step', "schedule='step' is not supported; allowed: constant, cosine"),
-    ('dtype', 'float16', "dtype='float16' is not supported; allowed: float32, bfloat16"),
+    ('dtype', 'float8',
+     "dtype='float8' is not supported; allowed: auto, float32, bfloat16, float16"),
     ('batch_size', 12, 'batch_size=12 is not divisible by the 8 devices'),
     ('learning_rate', -1.0, 'learning_rate=-1.0 must be > 0'),
     ('num_epochs', 0.0, 'num_epochs=0.0 must be > 0'),

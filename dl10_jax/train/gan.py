@@ -8,7 +8,7 @@ log-sigmoid): sigmoid-then-log would round a confident D's probability to 0 or 1
 loss inf. Options (`config.gan`): one-sided label smoothing (real target 1 - s; Salimans et al.
 2016), an R1 penalty r1_weight / 2 * E|grad_x D(x)|^2 on real images (Mescheder et al. 2018), and
 an EMA of G's weights, which samples and eval use (smoother than the weights of the last step).
-`grad_clip_norm` clips each network's gradient by its own global norm; `pruning` and
+`grad_clip_norm` clips each network's gradient by its own global norm; `pruning`, dtype=float16 and
 `microbatch_size` are refused (one line each), not ignored.
 
 Eval generates as many images as the eval split has and scores them with `classifier_fid`
@@ -84,6 +84,9 @@ class GAN(ImageGenerative):
     if config.pruning.sparsity:
       raise ConfigError(f'pruning.sparsity={config.pruning.sparsity} is not supported by '
                         'objective=gan; use 0')
+    if config.dtype == 'float16':  # Two losses would need two loss scales; bf16 needs none.
+      raise ConfigError("dtype='float16' is not supported by objective=gan; use bfloat16 or "
+                        'float32')
     if config.microbatch_size:  # Each network's pass sees the whole batch (its BN statistics).
       raise ConfigError(f'microbatch_size={config.microbatch_size} is not supported by '
                         'objective=gan; use 0')

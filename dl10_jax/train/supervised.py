@@ -4,7 +4,8 @@ modelling, seq2seq, diffusion).
 An objective writes `model_inputs`, `loss`, `eval_step` and `summarize_eval`; its `loss` calls the
 model through `apply_train`, so that what the model sows (objective.sown_loss) and a schedule it
 follows (`uses_step`) work the same in every one of them. The update here averages the gradient
-over micro-batches of `config.microbatch_size` when set.
+over micro-batches of `config.microbatch_size` when set, and with dtype=float16 scales the loss
+dynamically (train/loss_scale.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
+from dl10_jax.train import loss_scale
 from dl10_jax.train.objective import SOWN, Batch, Metrics, Objective
 from dl10_jax.train.state import TrainState
 
@@ -28,6 +31,12 @@ class Supervised(Objective):
 
   def init_args(self, batch: Batch) -> tuple[Any, ...]:
     return (self.model_inputs(batch),)
+
+  def make_optimizer(self) -> optax.GradientTransformation:
+    """The config's optimizer; under float16 wrapped in dynamic loss scaling, whose scale then
+    lives in the optimizer state."""
+    tx = super().make_optimizer()
+    return loss_scale.dynamic_loss_scaling(tx) if self.config.dtype == 'float16' else tx
 
   def apply_train(self, params: Any, state: TrainState, inputs: Any, rng: jax.Array,
                   *args: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -52,13 +61,20 @@ class Supervised(Objective):
     """Returns (scalar loss, (metrics, updated model_state)) for a training batch."""
 
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """One update from the mean gradient of the batch, accumulated over micro-batches if set."""
+    """One update from the mean gradient of the batch, accumulated over micro-batches if set.
+
+    Under loss scaling the gradients stay scaled until the optimizer (loss_scale.py) unscales
+    them; the metrics are the unscaled ones, plus `train_loss_scale`."""
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    if isinstance(state.opt_state, loss_scale.LossScaleState):
+      scale = state.opt_state.loss_scale
+      grad_fn = jax.value_and_grad(lambda *args: _scaled(scale, *self.loss(*args)), has_aux=True)
     rng = state.step_rng()
+    scale_metric = loss_scale.metrics(state.opt_state)
     chunks = self._microbatches(batch)
     if chunks is None:
       (_, (metrics, model_state)), grads = grad_fn(state.params, state, batch, rng)
-      return state.apply_gradients(grads, model_state), metrics
+      return state.apply_gradients(grads, model_state), {**metrics, **scale_metric}
 
     # Equal chunks make the mean of the chunk means the batch mean: the same update.
     n = jax.tree.leaves(chunks)[0].shape[0]
@@ -77,4 +93,8 @@ class Supervised(Objective):
     (grads, metrics, model_state), _ = jax.lax.scan(
         accumulate, (zeros(grad_shapes), zeros(metric_shapes), state.model_state),
         (jnp.arange(n), chunks))
-    return state.apply_gradients(grads, model_state), metrics
+    return state.apply_gradients(grads, model_state), {**metrics, **scale_metric}
+
+
+def _scaled(scale: jax.Array, loss: jax.Array, aux: Any) -> tuple[jax.Array, Any]:
+  return loss * scale, aux
