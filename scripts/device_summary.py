@@ -36,8 +36,15 @@ def _gpt2(rows: list[dict]) -> str:
     return f'no batch fitted (tried {tried})'
   r = fitted[-1]
   return (f'{r["tokens_per_sec"]:,.0f} tokens/s, MFU {r["mfu"]:.1%} of {r["peak_flops"] / 1e12:.3g}'
-          f' TFLOP/s at batch {r["batch_size"]} x {r["block_size"]} ({r["device"]}; data wait '
-          f'{1 - r["fed_tokens_per_sec"] / r["tokens_per_sec"]:.1%}; batches tried: {tried})')
+          f' TFLOP/s at batch {r["batch_size"]} x {r["block_size"]} ({r["device"]}; '
+          f'{_wait(1 - r["fed_tokens_per_sec"] / r["tokens_per_sec"])}; batches tried: {tried})')
+
+
+def _wait(fraction: float) -> str:
+  """The share of step time spent waiting for grain: the fed steps' slowdown over resident ones
+  (a negative one is noise)."""
+  return f'data wait {fraction:.1%}' if fraction > 0 else 'no data wait measurable'
+
 
 
 def _gpt_target(rows: list[dict]) -> str:
@@ -64,7 +71,7 @@ def _images(rows: list[dict]) -> str:
   return '; '.join(
       f'{r["model"]}: {r["examples_per_sec"]:,.0f} examples/s at batch {r["batch_size"]} '
       f'{"x".join(map(str, r["image_shape"]))} {r["dtype"]} (fed by grain '
-      f'{r["fed_examples_per_sec"]:,.0f}, data wait {r["data_wait_fraction"]:.1%})'
+      f'{r["fed_examples_per_sec"]:,.0f}, {_wait(r["data_wait_fraction"])})'
       for r in rows)
 
 
@@ -77,16 +84,17 @@ def kernel_rows(log: str, section: str) -> str:
       inside = line.startswith(section)
       continue
     words = line.split()
-    if not inside or len(words) != 9 or words[0] == 'impl':
+    failed = 'n/a:' in words[3:6]  # An implementation this machine could not run.
+    if not inside or not (len(words) == 9 or failed) or words[0] == 'impl':
       continue
     try:
-      both = float(words[7] if section == 'attention' else words[6])
+      time = 'n/a' if failed else f'{float(words[7 if section == "attention" else 6]):g}'
     except ValueError:
       continue
     shape = (f'T {words[1]} D {words[2]}' if section == 'attention'
              else f'H {words[1]} T {words[2]}')
-    extra = f' ({words[8]}x scan)' if section == 'LSTM' else ''
-    shapes.setdefault(shape, []).append(f'{words[0]} {both:g}{extra}')
+    extra = f' ({words[8]}x scan)' if section == 'LSTM' and not failed else ''
+    shapes.setdefault(shape, []).append(f'{words[0]} {time}{extra}')
   return '; '.join(f'{shape}: ' + ', '.join(impls) + ' ms fwd+bwd'
                    for shape, impls in shapes.items())
 
