@@ -62,11 +62,8 @@ def _record(step: str, row: dict) -> None:
 
 def _load(name: str, arg: str = ''):
   """configs/<name>.py's get_config(arg)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  import importlib
+  return importlib.import_module(f'configs.{name}').get_config(arg or None)
 
 
 def _device() -> dict:
@@ -113,11 +110,13 @@ def step_gpt_target() -> None:
              '--config', 'configs/gpt.py' + (':smoke' if _TINY.value else ''),
              '--workdir', str(workdir), '--config.dtype=bfloat16',
              f'--config.eval_every_steps={_EVAL_EVERY.value}', '--config.progress_bar=False']
+  if _TINY.value:  # One eval, at the end.
+    command += ['--config.num_train_steps=10', '--config.log_every_steps=5']
   if not _TINY.value:  # A cold start, as on a fresh machine (tiny: the tests' reruns are quick).
     command.append('--config.compilation_cache_dir=off')
   start = time.monotonic()
   child = subprocess.Popen(command, cwd=ROOT)
-  metrics, seen, reached, best = workdir / 'metrics.jsonl', 0, None, None
+  metrics, seen, reached, best, ended = workdir / 'metrics.jsonl', 0, None, None, 'budget'
   try:
     while True:
       done = child.poll() is not None
@@ -131,7 +130,10 @@ def step_gpt_target() -> None:
           if target is not None and loss <= target and reached is None:
             reached = row
       seen = len(lines)
-      if reached or done or time.monotonic() - start > _BUDGET.value:
+      if reached or done:
+        ended = 'reached' if reached else 'finished'
+        break
+      if time.monotonic() - start > _BUDGET.value:
         break
       time.sleep(0.2)
   finally:
@@ -143,6 +145,7 @@ def step_gpt_target() -> None:
         child.kill()
   elapsed = time.monotonic() - start
   _record('gpt_target', {'result': True, 'target': target, 'reached': reached is not None,
+                         'ended': ended,  # reached | finished (training ended) | budget
                          'wall_s': reached['wall_s'] if reached else round(elapsed, 2),
                          'step': reached['step'] if reached else None, 'best_eval_loss': best,
                          'exit_code': child.returncode, **_device()})

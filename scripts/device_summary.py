@@ -57,14 +57,19 @@ def _gpt_target(rows: list[dict]) -> str:
     return (f'not reached: eval {last["eval_loss_per_char"]:.3f} nats/char at step '
             f'{last["step"]}, {last["wall_s"]:.0f} s (then stopped)')
   r = result[-1]
+  if r['ended'] == 'finished' and r['exit_code']:
+    return f'training failed (exit {r["exit_code"]}) after {r["wall_s"]:.0f} s'
+  if r['best_eval_loss'] is None:
+    return f'no eval within {r["wall_s"]:.0f} s (stopped at its budget)'
   if r['target'] is None:
-    loss = f'{r["best_eval_loss"]:.3f}' if r['best_eval_loss'] is not None else 'no eval'
-    return f'tiny run, no target: best eval {loss} nats/char after {r["wall_s"]:.1f} s'
+    return f'tiny run, no target: best eval {r["best_eval_loss"]:.3f} nats/char after ' \
+           f'{r["wall_s"]:.1f} s'
   if r['reached']:
     return (f'{r["target"]} nats/char reached at step {r["step"]} in {r["wall_s"]:.1f} s from '
             f'launch ({r["device"]})')
-  best = f'{r["best_eval_loss"]:.3f}' if r['best_eval_loss'] is not None else 'none'
-  return f'{r["target"]} not reached in {r["wall_s"]:.0f} s (best eval {best} nats/char)'
+  why = 'training ended' if r['ended'] == 'finished' else 'stopped at its budget'
+  return (f'{r["target"]} not reached in {r["wall_s"]:.0f} s ({why}; best eval '
+          f'{r["best_eval_loss"]:.3f} nats/char)')
 
 
 def _images(rows: list[dict]) -> str:

@@ -78,13 +78,26 @@ def test_summary_says_plainly_why_a_step_has_no_figure(tmp_path):
   assert rows['lstm'][1] == 'skipped: no GPU'
 
 
-def test_summary_reads_the_time_to_the_target(tmp_path):
-  rows = _summary(tmp_path, [
-      {'check': 'gpt_target', 'result': True, 'target': 1.47, 'reached': True, 'wall_s': 95.5,
-       'step': 2300, 'best_eval_loss': 1.468, 'device': 'NVIDIA H100'},
-      {'check': 'gpt_target', 'exit': 0, 'seconds': 100, 'limit_s': 150}])
-  assert rows['gpt_target'][0] == '1.47 nats/char reached at step 2300 in 95.5 s from launch ' \
-                                  '(NVIDIA H100)'
+_RESULT = {'check': 'gpt_target', 'result': True, 'target': 1.47, 'exit_code': -15,
+           'device': 'NVIDIA H100'}
+
+
+@pytest.mark.parametrize('result, expected', [
+    ({'reached': True, 'ended': 'reached', 'wall_s': 95.5, 'step': 2300, 'best_eval_loss': 1.468},
+     '1.47 nats/char reached at step 2300 in 95.5 s from launch (NVIDIA H100)'),
+    ({'reached': False, 'ended': 'budget', 'wall_s': 140, 'step': None, 'best_eval_loss': 1.52},
+     '1.47 not reached in 140 s (stopped at its budget; best eval 1.520 nats/char)'),
+    ({'reached': False, 'ended': 'finished', 'wall_s': 90, 'step': None, 'best_eval_loss': 1.49,
+      'exit_code': 0}, '1.47 not reached in 90 s (training ended; best eval 1.490 nats/char)'),
+    ({'reached': False, 'ended': 'finished', 'wall_s': 20, 'step': None, 'best_eval_loss': None,
+      'exit_code': 1}, 'training failed (exit 1) after 20 s'),
+    ({'reached': False, 'ended': 'budget', 'wall_s': 2, 'step': None, 'best_eval_loss': None},
+     'no eval within 2 s (stopped at its budget)'),
+])
+def test_summary_of_the_time_to_the_target(tmp_path, result, expected):
+  rows = _summary(tmp_path, [{**_RESULT, **result},
+                             {'check': 'gpt_target', 'exit': 0, 'seconds': 100, 'limit_s': 150}])
+  assert rows['gpt_target'][0] == expected
 
 
 def test_kernel_rows_from_the_h200_logs():
