@@ -6,10 +6,11 @@
 #   bash scripts/device_check.sh           # on the lent machine; then scripts/gpu_kernel_check.sh
 #   TINY=1 OUT=/tmp/dc bash scripts/device_check.sh   # or --tiny: toy sizes on a CPU, in seconds
 #
-# Results go to $OUT (default experiments/accelerators/<date>_<device>; on a lent machine $OUT is the
-# folder that comes back, to be copied into experiments/accelerators/ by the caller): device.log,
-# records.jsonl (every step's raw records, appended as it goes), one log per step, summary.md.
-# Each step has its own time limit (*_S, seconds), so that one hang cannot eat the others' time.
+# Results go to $OUT (default experiments/accelerators/<date>_<device>; on a lent machine $OUT is
+# the folder that comes back, to be copied into experiments/accelerators/ by the caller):
+# device.log, records.jsonl (every step's raw records, appended as it goes), one log per step,
+# summary.md. Each step has its own time limit (*_S, seconds), so that one hang cannot eat the
+# others' time; the defaults and the setup's limits add up to 8 minutes.
 set -u
 if [ "${1:-}" = --tiny ]; then TINY=1; fi
 tiny=${TINY:-0}
@@ -17,7 +18,7 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}  # Largest batch.
 if [ -d .whl ]; then  # Packages the GPU image lacks, carried as wheels (experiments/accelerators).
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+  timeout 20 "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
 if command -v nvidia-smi >/dev/null; then
@@ -34,7 +35,7 @@ if [ "$tiny" = 1 ]; then flag=(--tiny); fi
   date -u
   if [ "$device" = cpu ]; then grep -m1 'model name' /proc/cpuinfo; nproc; else
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; fi
-  timeout 60 "$py" -c 'import importlib, importlib.metadata as md, jax, flax, optax
+  timeout 20 "$py" -c 'import importlib, importlib.metadata as md, jax, flax, optax
 print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())
 for name in ("ml_collections", "grain", "tensorboardX", "orbax.checkpoint"):  # The steps need.
   try: importlib.import_module(name)
@@ -66,14 +67,14 @@ driver() {  # driver STEP LIMIT MARGIN: scripts/device_check.py STEP, stopping i
     --budget_s $(($2 - $3)) "${flag[@]}"
 }
 
-driver gpt2 "${GPT2_S:-120}" 15
-driver gpt_target "${GPT_TARGET_S:-150}" 10
+driver gpt2 "${GPT2_S:-110}" 15
+driver gpt_target "${GPT_TARGET_S:-140}" 10
 driver resnet50 "${RESNET_S:-60}" 5
 driver ddpm_dcgan "${DDPM_DCGAN_S:-60}" 5
 if [ "$tiny" = 1 ]; then  # The CPU interprets the kernels: only the table's path is exercised.
   run_step attention kernels.log "${ATTENTION_S:-60}" "$py" scripts/bench_kernels.py \
     --kernel attention --impls xla --iters 1
-  skip_step lstm 'tiny mode: the interpreted LSTM kernel takes ~15 s on a CPU; tests/test_lstm_kernel.py checks it'
+  skip_step lstm 'tiny mode: the interpreted LSTM takes ~15 s on a CPU (tests/test_lstm_kernel.py)'
 else
   run_step attention kernels.log "${ATTENTION_S:-35}" "$py" scripts/bench_kernels.py \
     --kernel attention --seq_lens "${SEQ_LENS:-1024}" --head_dims "${HEAD_DIMS:-128}" --iters 20
@@ -82,4 +83,4 @@ else
     --hiddens "${HIDDENS:-128}" --lstm_seq_lens "${LSTM_SEQ_LENS:-256}" \
     --lstm_dtype "${LSTM_DTYPE:-float32}" --iters 20
 fi
-timeout 30 "$py" scripts/device_summary.py "$out"
+timeout 10 "$py" scripts/device_summary.py "$out"
