@@ -18,8 +18,8 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}  # Largest batch.
 if [ -d .whl ]; then  # Packages the GPU image lacks, carried as wheels (experiments/accelerators).
-  timeout 20 "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+  timeout 20 "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 if command -v nvidia-smi >/dev/null; then
   device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr ' ' '_')
