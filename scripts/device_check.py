@@ -112,7 +112,7 @@ def step_gpt_target() -> None:
              f'--config.eval_every_steps={_EVAL_EVERY.value}', '--config.progress_bar=False']
   if _TINY.value:  # One eval, at the end.
     command += ['--config.num_train_steps=10', '--config.log_every_steps=5']
-  if not _TINY.value:  # A cold start, as on a fresh machine (tiny: the tests' reruns are quick).
+  else:  # A cold start, as on a fresh machine (tiny: the tests' reruns are quick).
     command.append('--config.compilation_cache_dir=off')
   start = time.monotonic()
   child = subprocess.Popen(command, cwd=ROOT)
@@ -120,7 +120,8 @@ def step_gpt_target() -> None:
   try:
     while True:
       done = child.poll() is not None
-      lines = metrics.read_text().splitlines() if metrics.exists() else []
+      text = metrics.read_text() if metrics.exists() else ''
+      lines = text[:text.rfind('\n') + 1].splitlines()  # Whole lines: one may be half written.
       for line in lines[seen:]:
         row = {**json.loads(line), 'wall_s': round(time.monotonic() - start, 2)}
         _record('gpt_target', row)
