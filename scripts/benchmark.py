@@ -178,6 +178,69 @@ def torch_step_seconds(config, steps: int, warmup: int, repeats: int,
   return [t / steps for t in call_times(lambda: run(steps), repeats)]
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+  """XLA's allocation failure (RESOURCE_EXHAUSTED on GPUs and TPUs), as opposed to a real bug."""
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()
+
+
+def largest_batch_throughput(config, batch_sizes: list[int], steps: int, warmup: int,
+                             repeats: int, deadline: float, on_try=None) -> list[dict]:
+  """jax_step_throughput at each of `batch_sizes` (ascending) until one runs out of device memory
+  or the next would not finish before `deadline` (time.monotonic()); the last row that fitted is
+  the largest batch that fits. Ascending, so that a time limit still leaves a figure.
+
+  Each try is a row {'batch_size', 'seconds', and the throughput or 'error'}, passed to `on_try`
+  as it ends, so that a run killed at its time limit has logged the tries before.
+  """
+  import gc
+  import jax
+  rows = []
+  for batch_size in sorted(batch_sizes):
+    if rows and time.monotonic() + 1.5 * rows[-1]['seconds'] > deadline:
+      break  # The next (larger) try would likely not end in time.
+    start = time.monotonic()
+    row = {'batch_size': batch_size}
+    try:
+      row.update(jax_step_throughput(apply_overrides(config, f'batch_size={batch_size}'), steps,
+                                     warmup, repeats))
+    except Exception as e:  # noqa: BLE001 - anything but OOM is re-raised below.
+      if not is_out_of_memory(e):
+        raise
+      row['error'] = 'out of memory: ' + str(e).splitlines()[0][:200]
+    row['seconds'] = time.monotonic() - start
+    rows.append(row)
+    if on_try:
+      on_try(row)
+    gc.collect()
+    jax.clear_caches()
+    if 'error' in row:
+      break
+  return rows
+
+
+@contextlib.contextmanager
+def synthetic_images(shape: tuple[int, int, int], num_classes: int, records: int):
+  """Inside, every experiment reads `records` random uint8 images of `shape` (H, W, C) with random
+  labels instead of its dataset: a model's step speed at sizes no dataset on the machine has
+  (ResNet-50 at 224 x 224), with no data to carry to a lent accelerator."""
+  import dataclasses
+  import numpy as np
+  from dl10_jax import data
+  from dl10_jax.data import sources
+  rng = np.random.default_rng(0)
+  source = sources.ArraySource({
+      'image': rng.integers(0, 256, (records, *shape), dtype=np.uint8),
+      'label': rng.integers(0, num_classes, (records,), dtype=np.int32)})
+  splits = sources.Splits(source, source, num_classes, preprocess=sources.scale_images)
+  real_load = data.load
+  data.load = lambda config, tokenizer=None: dataclasses.replace(splits)
+  try:
+    yield
+  finally:
+    data.load = real_load
+
+
 def _cpu_name() -> str:
   try:
     for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
