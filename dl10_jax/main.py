@@ -4,12 +4,14 @@
   python -m dl10_jax.main --config configs/cnn.py:smoke --workdir /tmp/smoke
 
 A mistake in the command line or the config ends with one line naming the bad value and what is
-allowed (exit code 2), not a traceback.
+allowed (exit code 2), not a traceback. SIGTERM saves a checkpoint at the next step boundary and
+exits 75 (dl10_jax/train/preemption.py); rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -97,12 +99,17 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   cli.reject_positional(argv, '; every setting is a --config.field=value override')
   cli.quiet_logging()
-  from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
+  from dl10_jax.train import preemption  # Heavy imports after flag parsing.
+  from dl10_jax.train.trainer import train_and_evaluate
   if _distributed_requested():
     _initialize_distributed()
   runtime.log_allocator_advice_once()
   with cli.one_line_errors(_WORKDIR.value):
-    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except preemption.Preempted as e:  # Saved: a retry loop reruns on this exit code.
+      print(e, file=sys.stderr)
+      sys.exit(preemption.PREEMPTED_EXIT_CODE)
   logging.info('Final metrics: %s', metrics)
   print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 
