@@ -44,3 +44,39 @@ def test_sigterm_saves_at_the_next_step_and_the_resume_reproduces_the_run(tmp_pa
   assert 'Resumed from the checkpoint of step 8' in capsys.readouterr().out
   for key in ('train_loss', 'eval_accuracy'):
     assert metric_events(workdir, key) == metric_events(tmp_path / 'reference', key)
+
+
+def _truncate_largest_array_file(step_dir) -> None:
+  """A file of the newest step cut short, as a disk or a copy that failed halfway leaves it."""
+  largest = max((p for p in (step_dir / 'state').rglob('*') if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('damage', ['truncated', 'no_metadata'])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(damage, tmp_path, capsys,
+                                                                    caplog):
+  config = _config()
+  config.update(num_train_steps=4, checkpoint_every_steps=2)
+  workdir = tmp_path / 'run'
+  train_and_evaluate(config, workdir)
+  reference = metric_events(workdir, 'train_loss')
+  step_dir = workdir / 'checkpoints' / '4'
+  if damage == 'truncated':
+    _truncate_largest_array_file(step_dir)
+  else:
+    (step_dir / 'state' / '_METADATA').write_text('{"tree_metadata": ')
+
+  capsys.readouterr()
+  train_and_evaluate(config, workdir)
+  assert 'Resumed from the checkpoint of step 2' in capsys.readouterr().out
+  warnings = [r.getMessage() for r in caplog.records if 'does not restore' in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith(
+      f'the checkpoint of step 4 in {workdir / "checkpoints"} does not restore ('), warnings
+  assert metric_events(workdir, 'train_loss') == reference
+  caplog.clear()
+  capsys.readouterr()
+  train_and_evaluate(config, workdir)  # Step 4 saved again, whole.
+  assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
+  assert not [r for r in caplog.records if 'does not restore' in r.getMessage()]

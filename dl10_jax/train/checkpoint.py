@@ -1,18 +1,20 @@
 """Checkpoints with orbax: the train state and the data iterator's position, saved together.
 
-orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; restoring picks the newest complete step.
+orbax writes each step to a temporary directory and renames it when complete (on gs://, marks it
+complete), so a run killed mid-save leaves the previous checkpoint intact; restoring picks the
+newest complete step, and skips one that does not read back (a corrupt file) for the one before.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from dl10_jax.errors import ConfigError
@@ -34,12 +36,16 @@ class Checkpointer:
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': ocp.JsonCheckpointHandler()})
+    self._damaged: set[int] = set()  # Steps that did not restore.
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
     """Starts an asynchronous save; arrays are copied off the device before this returns."""
+    if step in self._damaged:  # Skipped by restore_latest: this save supersedes it.
+      self._manager.delete(step)
+      self._damaged.discard(step)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
@@ -59,6 +65,33 @@ class Checkpointer:
         return f'{key} is not in the checkpoint'
       if tuple(flat_saved[key]) != tuple(x.shape):
         return f'{key} has shape {tuple(flat_saved[key])} there but {tuple(x.shape)} here'
+    return None
+
+  def restore_latest(self, abstract_state: Any,
+                     check: Callable[[int], None] = lambda step: None
+                     ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, data state) of the newest step that restores, or None if there is none.
+
+    `check(step)` runs first and may raise (a checkpoint of another config). A step that then
+    fails to read is skipped with a warning; it is replaced only when the run saves that step
+    again (a read error that passes, a network one, loses nothing).
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        readable = self._manager.item_metadata(step)['state'] is not None
+      except Exception:  # noqa: BLE001 - Whatever a damaged file raises.
+        readable = False
+      if readable:
+        check(step)
+      try:
+        if not readable:
+          raise ValueError('its metadata does not read back')
+        return step, *self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001
+        message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        logging.warning('the checkpoint of step %d in %s does not restore (%s: %s); trying the '
+                        'one before', step, self._manager.directory, type(e).__name__, message)
+        self._damaged.add(step)
     return None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:

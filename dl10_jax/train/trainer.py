@@ -239,8 +239,15 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
   """(state, step): restored from the newest checkpoint with the iterator's position, else fresh
   (with another run's parameters under init_from)."""
   config = exp.config
-  start_step = checkpointer.latest_step()
-  if start_step is None:
+
+  def check(step: int) -> None:
+    mismatch = checkpointer.mismatch(step, exp.abstract_state)
+    if mismatch:
+      raise ConfigError(f'the checkpoint of step {step} in {workdir} does not fit this config '
+                        f'({mismatch}); use a new --workdir or the config it was trained with')
+
+  restored = checkpointer.restore_latest(exp.abstract_state, check)
+  if restored is None:
     state = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch())
     if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
       state = exp.objective.load_pretrained(
@@ -248,11 +255,7 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
           checkpoint.load_params(config.init_from, state.model_state, config.init_reinit,
                                  'model_state'))
     return state, 0
-  mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
-  if mismatch:
-    raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
-                      f'({mismatch}); use a new --workdir or the config it was trained with')
-  state, data_state = checkpointer.restore(start_step, exp.abstract_state)
+  start_step, state, data_state = restored
   saved = data_state['stream']
   if saved != stream:  # The saved position would point into another stream of batches.
     changes = ', '.join(f'{k} {saved.get(k)!r} there, {v!r} here'
@@ -364,10 +367,10 @@ def restore_run(workdir: str | os.PathLike,
   exp = build_experiment(config, devices, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
+    restored = checkpointer.restore_latest(exp.abstract_state)
+    if restored is None:
       raise ConfigError(f'{workdir} holds no checkpoint yet; train it first (dl10_jax.main)')
-    state, _ = checkpointer.restore(step, exp.abstract_state)
+    _, state, _ = restored
   finally:
     checkpointer.close()
   return exp, state
