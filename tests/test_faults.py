@@ -1,12 +1,15 @@
 """Faults that must lose nothing: a preemption notice (SIGTERM), a corrupt or half-written newest
 checkpoint, a full disk while saving. Two-process faults are in test_multiprocess.py."""
 
+import errno
+import os
+import subprocess
 import sys
 
 import pytest
 
 from configs import cnn
-from conftest import ROOT, metric_events, this_process_cache_env
+from conftest import ROOT, metric_events, run_main, this_process_cache_env
 from dl10_jax.train.preemption import PREEMPTED_EXIT_CODE
 from dl10_jax.train.trainer import KILL_AT_STEP, train_and_evaluate
 
@@ -28,7 +31,6 @@ def _main_command(workdir) -> list[str]:
 
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_the_resume_reproduces_the_run(tmp_path, capsys):
-  import subprocess
   train_and_evaluate(_config(), tmp_path / 'reference')
   workdir = tmp_path / 'preempted'
   # SIGTERM at the end of step 7, in the middle of the run: saved at the boundary after it.
@@ -80,3 +82,48 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(damage, tmp_p
   train_and_evaluate(config, workdir)  # Step 4 saved again, whole.
   assert 'Resumed from the checkpoint of step 4' in capsys.readouterr().out
   assert not [r for r in caplog.records if 'does not restore' in r.getMessage()]
+
+
+@pytest.fixture(params=['tmpfs', 'patched_write'])
+def small_disk(request, tmp_path, monkeypatch):
+  """(directory, make_room): a disk with room for one checkpoint of the CNN smoke run, not two.
+
+  A real 20 MiB tmpfs where this process may mount one (root), else orbax's save raising ENOSPC
+  from the second checkpoint on.
+  """
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if request.param == 'patched_write':
+    import orbax.checkpoint as ocp
+    save = ocp.CheckpointManager.save
+
+    def full_from_step_4(self, step, *args, **kwargs):
+      if step >= 4:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory / str(step)))
+      return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, 'save', full_from_step_4)
+    yield disk, monkeypatch.undo
+    return
+  if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=20m', 'tmpfs',
+                                          str(disk)], capture_output=True).returncode:
+    pytest.skip('mounting a tmpfs needs root')
+  yield disk, lambda: subprocess.run(['mount', '-o', 'remount,size=100m', str(disk)], check=True)
+  subprocess.run(['umount', '-l', str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_in_one_line_and_keeps_the_previous_checkpoint(small_disk):
+  disk, make_room = small_disk
+  args = ['--config', 'configs/cnn.py:smoke', '--workdir', str(disk / 'run'),
+          '--config.num_train_steps=6', '--config.checkpoint_every_steps=2',
+          '--config.progress_bar=False']
+  result = run_main(*args)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: no space left on device while saving a checkpoint in {disk}/run/checkpoints; '
+      'the checkpoint of step 2 is still usable: free space and rerun to resume')
+  make_room()
+  result = run_main(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Resumed from the checkpoint of step 2' in result.stdout

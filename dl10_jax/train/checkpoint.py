@@ -7,9 +7,11 @@ newest complete step, and skips one that does not read back (a corrupt file) for
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, UserError
 from dl10_jax.train.sharding import path_name
 
 
@@ -37,17 +39,22 @@ class Checkpointer:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': ocp.JsonCheckpointHandler()})
     self._damaged: set[int] = set()  # Steps that did not restore.
+    self._failed = False  # A save failed: closing must not wait for it again.
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
-    """Starts an asynchronous save; arrays are copied off the device before this returns."""
-    if step in self._damaged:  # Skipped by restore_latest: this save supersedes it.
-      self._manager.delete(step)
-      self._damaged.discard(step)
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    """Starts an asynchronous save; arrays are copied off the device before this returns.
+
+    The previous save finishes first: a full disk there ends the run with a DiskFull.
+    """
+    with self._disk_full_is_one_line():
+      if step in self._damaged:  # Skipped by restore_latest: this save supersedes it.
+        self._manager.delete(step)
+        self._damaged.discard(step)
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
   def mismatch(self, step: int, abstract_state: Any) -> str | None:
     """The first array whose saved shape differs from `abstract_state`'s, or None if all fit."""
@@ -101,8 +108,49 @@ class Checkpointer:
     return restored.state, restored.data
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the save in flight (once a save has failed, only closes)."""
+    try:
+      if not self._failed:
+        with self._disk_full_is_one_line():
+          self._manager.wait_until_finished()
+    finally:
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self) -> Iterator[None]:
+    """orbax reports a full disk as whatever tensorstore or the OS raised, mostly in a background
+    thread and at the next save: one line naming the checkpoint that is still whole instead."""
+    try:
+      yield
+    except Exception as e:
+      if not _is_disk_full(e):
+        raise
+      self._failed = True
+      try:
+        with contextlib.suppress(Exception):  # A save still in flight may complete.
+          self._manager.wait_until_finished()
+        self._manager.reload()
+        usable = self._manager.latest_step()
+      except Exception:  # noqa: BLE001 - The message matters more than the step.
+        usable = None
+      kept = (f'the checkpoint of step {usable} is still usable' if usable is not None else
+              'no checkpoint was completed')
+      raise DiskFull(f'no space left on device while saving a checkpoint in '
+                     f'{self._manager.directory}; {kept}: free space and rerun to resume') from e
+
+
+class DiskFull(UserError):
+  """A save ran out of space; the newest complete checkpoint is intact."""
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  """ENOSPC as an OSError, or in the text of tensorstore's error, anywhere in the chain."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
+        'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _step_dir(path: epath.Path) -> epath.Path | None:
