@@ -69,11 +69,11 @@ def test_distributed_flags_go_together(tmp_path):
 
 
 def _start_two(workdir: pathlib.Path, fault_in_process_1: str) -> list[subprocess.Popen]:
-  """Two one-device processes of a long GPT smoke run; process 1 with DL10_KILL_AT_STEP set."""
+  """Two one-device processes of a long CNN smoke run; process 1 with DL10_KILL_AT_STEP set."""
   import jax
   env = cached_compile_env(pathlib.Path(jax.config.jax_compilation_cache_dir or 'off'),
                            one_device=True)
-  command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/gpt.py:smoke',
+  command = [sys.executable, '-m', 'dl10_jax.main', '--config', 'configs/cnn.py:smoke',
              '--workdir', str(workdir), f'--coordinator_address=127.0.0.1:{_free_port()}',
              '--num_processes=2', '--config.num_train_steps=1000', '--config.log_every_steps=1',
              '--config.eval_every_steps=1000', '--config.checkpoint_every_steps=1000',
