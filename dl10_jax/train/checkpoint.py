@@ -99,6 +99,11 @@ class Checkpointer:
         logging.warning('the checkpoint of step %d in %s does not restore (%s: %s); trying the '
                         'one before', step, self._manager.directory, type(e).__name__, message)
         self._damaged.add(step)
+    if self._damaged:  # Starting afresh would bury them: the user decides.
+      raise CheckpointUnreadable(
+          f'none of the checkpoints in {self._manager.directory} restores (steps '
+          f'{sorted(self._damaged)}; see the warnings above); move that directory away to train '
+          'afresh')
     return None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
@@ -137,6 +142,10 @@ class Checkpointer:
               'no checkpoint was completed')
       raise DiskFull(f'no space left on device while saving a checkpoint in '
                      f'{self._manager.directory}; {kept}: free space and rerun to resume') from e
+
+
+class CheckpointUnreadable(UserError):
+  """Every saved step failed to restore."""
 
 
 class DiskFull(UserError):
