@@ -3,7 +3,7 @@
 One process: a SIGTERM handler sets a flag that the loop reads once a step (a Python bool, no host
 sync). Several processes: jax.distributed.initialize() starts jax's preemption sync manager, which
 catches SIGTERM itself, tells every process, and picks one step (the largest any has reached, plus
-one) at which all of them save; asking it costs a mutex, not a collective, per step.
+one) at which all of them save; asking it costs a mutex (about 0.2 us), not a collective, a step.
 """
 
 from __future__ import annotations
