@@ -4,12 +4,17 @@
   python -m dl10_jax.main --config configs/cnn.py:smoke --workdir /tmp/smoke
 
 A mistake in the command line or the config ends with one line naming the bad value and what is
-allowed (exit code 2), not a traceback.
+allowed (exit code 2), not a traceback. SIGTERM saves a checkpoint at the next step boundary and
+exits 75 (dl10_jax/train/preemption.py); rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+from typing import Iterator
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -73,6 +78,31 @@ def _distributed_requested() -> bool:
           'JAX_COORDINATOR_ADDRESS' in env or int(env.get('SLURM_NTASKS', '1')) > 1)
 
 
+JOIN_TIMEOUT_S = 300  # jax's default: hosts of a large slice may start minutes apart.
+HEARTBEAT_TIMEOUT_S = 60
+# What a collective or jax's coordination service says when another process has died.
+_PEER_LOST = re.compile(r'Gloo .* failed|Connection reset by peer|heartbeat timeout|'
+                        r'tasks are unhealthy|coordination service', re.I)
+
+
+@contextlib.contextmanager
+def _peer_loss_is_one_line() -> Iterator[None]:
+  """A dead process fails the others' next collective: one line, and an exit that skips jax's
+  shutdown barrier (it would wait out the heartbeat timeout for the dead one, then abort)."""
+  import jax
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1 or not _PEER_LOST.search(str(e)):
+      raise
+    print(f'error: process {jax.process_index()} of {jax.process_count()} lost another process '
+          f'of the run ({str(e).strip().splitlines()[0][:200]}); see the other processes\' logs, '
+          'then rerun all of them to resume from the last checkpoint', file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _initialize_distributed() -> None:
   """jax.distributed.initialize(), before anything asks JAX for its devices."""
   import jax
@@ -89,7 +119,10 @@ def _initialize_distributed() -> None:
   # Collectives between CPU processes (tests, CPU clusters) need an implementation; TPU and GPU
   # processes ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**given)
+  # Bounds: a process that never joins fails the others after initialization_timeout; one that
+  # stops sending heartbeats (a dead or hung host) ends the others after heartbeat_timeout.
+  jax.distributed.initialize(**given, initialization_timeout=JOIN_TIMEOUT_S,
+                             heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   logging.warning('process %d of %d, %d local of %d devices', jax.process_index(),
                   jax.process_count(), jax.local_device_count(), jax.device_count())
 
@@ -97,12 +130,17 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
   cli.reject_positional(argv, '; every setting is a --config.field=value override')
   cli.quiet_logging()
-  from dl10_jax.train.trainer import train_and_evaluate  # Heavy imports after flag parsing.
+  from dl10_jax.train import preemption  # Heavy imports after flag parsing.
+  from dl10_jax.train.trainer import train_and_evaluate
   if _distributed_requested():
     _initialize_distributed()
   runtime.log_allocator_advice_once()
-  with cli.one_line_errors(_WORKDIR.value):
-    metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with cli.one_line_errors(_WORKDIR.value), _peer_loss_is_one_line():
+    try:
+      metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except preemption.Preempted as e:  # Saved: a retry loop reruns on this exit code.
+      print(e, file=sys.stderr)
+      sys.exit(preemption.PREEMPTED_EXIT_CODE)
   logging.info('Final metrics: %s', metrics)
   print(' '.join(f'{k}={v:.4f}' for k, v in sorted(metrics.items())))
 

@@ -172,10 +172,12 @@ def test_train_runs_the_config_on_every_worker_at_once(env):
   [command] = _commands(_run('train.sh', *TRAIN, '--dry-run', env=env))
   assert command[5:9] == ['my-tpu', '--zone=us-central2-b', '--project=proj', '--worker=all']
   remote = _remote(command)
-  assert f'nohup ../dl10_venv/bin/{MAIN} > ../dl10_train.log 2>&1 < /dev/null &' in remote
+  assert re.search(rf"nohup bash -c '[^']*../dl10_venv/bin/{re.escape(MAIN)};[^']*' "
+                   r'> ../dl10_train.log 2>&1 < /dev/null &', remote)
   [command] = _commands(_run('train.sh', *TRAIN, '--foreground', '--dry-run', env=env))
   assert '--worker=all' in command
-  assert f'../dl10_venv/bin/{MAIN} 2>&1 | tee ../dl10_train.log' in _remote(command)
+  assert re.search(rf"bash -c '[^']*../dl10_venv/bin/{re.escape(MAIN)};[^']*' 2>&1 "
+                   r'\| tee ../dl10_train.log', _remote(command))
   assert 'nohup' not in _remote(command)
 
 
@@ -208,6 +210,36 @@ def test_train_command_on_a_worker_passes_every_argument_as_given(foreground, en
   argv = argv_file.read_text().split('\0')[:-1]
   assert argv == MAIN.split()[1:] + [odd]
   assert (home / 'dl10_train.log').read_text() == 'training in dl10_jax\n'
+
+
+@pytest.mark.parametrize('exits,retries,stop,expected_runs', [
+    ([75, 75, 0], 10, False, 3),  # Preempted twice, then finished.
+    ([75, 75, 75], 1, False, 2),  # The cap.
+    ([75, 0], 10, True, 1),  # Stopped with --stop: saved, not retried.
+    ([1, 0], 10, False, 1),  # A crash is no preemption.
+])
+def test_train_reruns_a_preempted_run_on_the_worker(exits, retries, stop, expected_runs, env,
+                                                     tmp_path):
+  [command] = _commands(_run('train.sh', *TRAIN, f'--retries={retries}', '--foreground',
+                             '--dry-run', env=env))
+  home = _fake_worker(tmp_path, JAX, running=False)
+  # The n-th run exits with exits[n]; with `stop`, --stop's marker appears during the first.
+  _write_tool(home / 'dl10_venv' / 'bin' / 'python',
+              'echo run >> ../runs; n=$(wc -l < ../runs)\n' +
+              (': > ../dl10_train.stop\n' if stop else '') +
+              f'set -- {" ".join(map(str, exits))}\nshift $((n - 1)); exit $1\n')
+  result = subprocess.run(['bash', '-c', f'set -o pipefail; {_remote(command)}'], cwd=home,
+                          env=env, capture_output=True, text=True, timeout=30)
+  assert (home / 'runs').read_text().count('run') == expected_runs
+  assert result.returncode == exits[expected_runs - 1], result.stderr
+  log = (home / 'dl10_train.log').read_text().splitlines()
+  assert log == [f'{os.uname().nodename}: preempted (exit 75), resuming: retry {i} of {retries}'
+                 for i in range(1, expected_runs)]
+
+
+def test_train_stop_leaves_a_marker_against_retries(env):
+  [command] = _commands(_run('train.sh', *NAME_ZONE, '--stop', '--dry-run', env=env))
+  assert _remote(command).startswith('touch dl10_train.stop; pkill -f ')
 
 
 @pytest.mark.parametrize('jax_version,running,message', [

@@ -1,21 +1,25 @@
 """Checkpoints with orbax: the train state and the data iterator's position, saved together.
 
-orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; restoring picks the newest complete step.
+orbax writes each step to a temporary directory and renames it when complete (on gs://, marks it
+complete), so a run killed mid-save leaves the previous checkpoint intact; restoring picks the
+newest complete step, and skips one that does not read back (a corrupt file) for the one before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, UserError
 from dl10_jax.train.sharding import path_name
 
 
@@ -34,14 +38,23 @@ class Checkpointer:
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': ocp.JsonCheckpointHandler()})
+    self._damaged: set[int] = set()  # Steps that did not restore.
+    self._failed = False  # A save failed: closing must not wait for it again.
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
-    """Starts an asynchronous save; arrays are copied off the device before this returns."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    """Starts an asynchronous save; arrays are copied off the device before this returns.
+
+    The previous save finishes first: a full disk there ends the run with a DiskFull.
+    """
+    with self._disk_full_is_one_line():
+      if step in self._damaged:  # Skipped by restore_latest: this save supersedes it.
+        self._manager.delete(step)
+        self._damaged.discard(step)
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
   def mismatch(self, step: int, abstract_state: Any) -> str | None:
     """The first array whose saved shape differs from `abstract_state`'s, or None if all fit."""
@@ -61,6 +74,38 @@ class Checkpointer:
         return f'{key} has shape {tuple(flat_saved[key])} there but {tuple(x.shape)} here'
     return None
 
+  def restore_latest(self, abstract_state: Any,
+                     check: Callable[[int], None] = lambda step: None
+                     ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, data state) of the newest step that restores, or None if there is none.
+
+    `check(step)` runs first and may raise (a checkpoint of another config). A step that then
+    fails to read is skipped with a warning; it is replaced only when the run saves that step
+    again (a read error that passes, a network one, loses nothing).
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        readable = self._manager.item_metadata(step)['state'] is not None
+      except Exception:  # noqa: BLE001 - Whatever a damaged file raises.
+        readable = False
+      if readable:
+        check(step)
+      try:
+        if not readable:
+          raise ValueError('its metadata does not read back')
+        return step, *self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001
+        message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        logging.warning('the checkpoint of step %d in %s does not restore (%s: %s); trying the '
+                        'one before', step, self._manager.directory, type(e).__name__, message)
+        self._damaged.add(step)
+    if self._damaged:  # Starting afresh would bury them: the user decides.
+      raise CheckpointUnreadable(
+          f'none of the checkpoints in {self._manager.directory} restores (steps '
+          f'{sorted(self._damaged)}; see the warnings above); move that directory away to train '
+          'afresh')
+    return None
+
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores into the shapes, dtypes and shardings of `abstract_state`."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -68,8 +113,53 @@ class Checkpointer:
     return restored.state, restored.data
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the save in flight (once a save has failed, only closes)."""
+    try:
+      if not self._failed:
+        with self._disk_full_is_one_line():
+          self._manager.wait_until_finished()
+    finally:
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self) -> Iterator[None]:
+    """orbax reports a full disk as whatever tensorstore or the OS raised, mostly in a background
+    thread and at the next save: one line naming the checkpoint that is still whole instead."""
+    try:
+      yield
+    except Exception as e:
+      if not _is_disk_full(e):
+        raise
+      self._failed = True
+      try:
+        with contextlib.suppress(Exception):  # A save still in flight may complete.
+          self._manager.wait_until_finished()
+        self._manager.reload()
+        usable = self._manager.latest_step()
+      except Exception:  # noqa: BLE001 - The message matters more than the step.
+        usable = None
+      kept = (f'the checkpoint of step {usable} is still usable' if usable is not None else
+              'no checkpoint was completed')
+      raise DiskFull(f'no space left on device while saving a checkpoint in '
+                     f'{self._manager.directory}; {kept}: free space and rerun to resume') from e
+
+
+class CheckpointUnreadable(UserError):
+  """Every saved step failed to restore."""
+
+
+class DiskFull(UserError):
+  """A save ran out of space; the newest complete checkpoint is intact."""
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  """ENOSPC as an OSError, or in the text of tensorstore's error, anywhere in the chain."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
+        'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _step_dir(path: epath.Path) -> epath.Path | None:

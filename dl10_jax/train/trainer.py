@@ -26,8 +26,8 @@ from etils import epath
 from dl10_jax import config_lib, data, models, runtime
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
-from dl10_jax.train import (checkpoint, make_objective, optim, profiling, pruning, sharding,
-                            throughput)
+from dl10_jax.train import (checkpoint, make_objective, optim, preemption, profiling, pruning,
+                            sharding, throughput)
 from dl10_jax.train.checkpoint import Checkpointer
 from dl10_jax.train.objective import Objective
 from dl10_jax.train.state import TrainState
@@ -156,7 +156,8 @@ def evaluate(exp: Experiment, state: Any,
 
 # Crash-recovery tests: DL10_KILL_AT_STEP=N makes a run SIGKILL itself at the end of step N, once
 # the checkpoints it has started are complete: a crash between checkpoints at an exact step,
-# instead of at whatever step a watching process happens to catch.
+# instead of at whatever step a watching process happens to catch. N:TERM sends SIGTERM instead
+# (a preemption notice), saved at the next step boundary.
 KILL_AT_STEP = 'DL10_KILL_AT_STEP'
 
 
@@ -173,7 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   state, start_step = _initial_state(exp, workdir, checkpointer, train_iter, stream)
   progress = _Progress(exp, workdir, state, start_step)
-  kill_at_step = int(os.environ.get(KILL_AT_STEP) or -1)  # Read once: nothing in the loop.
+  preemption_watch = preemption.Watch().install()  # SIGTERM: save at a step boundary, stop.
+  kill_at, _, kill_signal = (os.environ.get(KILL_AT_STEP) or '-1').partition(':')
+  kill_at_step = int(kill_at)  # Read once: nothing in the loop.
   num_steps = config.num_train_steps
   try:
     for step in range(start_step + 1, num_steps + 1):
@@ -184,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         state, metrics = exp.train_step(state, batch)
       progress.add(step, metrics, state)
       do_eval = step % config.eval_every_steps == 0 or step == num_steps
-      do_save = step % config.checkpoint_every_steps == 0 or step == num_steps
+      preempted = preemption_watch.reached(step)  # Every process agrees on the step.
+      do_save = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
       # Eval and checkpoint points log too: no NaN state is evaluated or saved unnoticed, and log
       # intervals restart where a resumed run restarts, so its logged losses match exactly.
       if step % config.log_every_steps == 0 or do_eval or do_save:
@@ -195,15 +199,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         checkpointer.save(step, state, {'iterator': train_iter.get_state(), 'stream': stream})
       if do_eval or do_save:  # Their time is kept out of the throughput.
         progress.restart_clock()
+      if preempted and step < num_steps:
+        raise preemption.Preempted(step, str(workdir))  # After `finally` has finished the save.
       if step == kill_at_step:
-        checkpointer.close()
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill_self(checkpointer, kill_signal)
     if start_step >= num_steps:  # Already trained: report the final model again.
       progress.final.update(evaluate(exp, state))
   finally:
     checkpointer.close()  # Waits for the saves in flight.
     progress.close()
+    preemption_watch.restore()
   return progress.final
+
+
+def _kill_self(checkpointer: Checkpointer, kill_signal: str) -> None:
+  """DL10_KILL_AT_STEP: SIGKILL once the started saves are complete, or a preemption notice."""
+  if kill_signal == 'TERM':
+    preemption.send_term_to_self()
+    return
+  checkpointer.close()
+  os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_run_files(exp: Experiment, workdir: epath.Path) -> None:
@@ -228,8 +243,15 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
   """(state, step): restored from the newest checkpoint with the iterator's position, else fresh
   (with another run's parameters under init_from)."""
   config = exp.config
-  start_step = checkpointer.latest_step()
-  if start_step is None:
+
+  def check(step: int) -> None:
+    mismatch = checkpointer.mismatch(step, exp.abstract_state)
+    if mismatch:
+      raise ConfigError(f'the checkpoint of step {step} in {workdir} does not fit this config '
+                        f'({mismatch}); use a new --workdir or the config it was trained with')
+
+  restored = checkpointer.restore_latest(exp.abstract_state, check)
+  if restored is None:
     state = exp.init(jax.random.PRNGKey(config.seed), exp.example_batch())
     if config.init_from:  # Fine-tuning: another run's parameters, this run's optimizer and step.
       state = exp.objective.load_pretrained(
@@ -237,11 +259,7 @@ def _initial_state(exp: Experiment, workdir: epath.Path, checkpointer: Checkpoin
           checkpoint.load_params(config.init_from, state.model_state, config.init_reinit,
                                  'model_state'))
     return state, 0
-  mismatch = checkpointer.mismatch(start_step, exp.abstract_state)
-  if mismatch:
-    raise ConfigError(f'the checkpoint of step {start_step} in {workdir} does not fit this config '
-                      f'({mismatch}); use a new --workdir or the config it was trained with')
-  state, data_state = checkpointer.restore(start_step, exp.abstract_state)
+  start_step, state, data_state = restored
   saved = data_state['stream']
   if saved != stream:  # The saved position would point into another stream of batches.
     changes = ', '.join(f'{k} {saved.get(k)!r} there, {v!r} here'
@@ -372,10 +390,10 @@ def restore_run(workdir: str | os.PathLike,
   exp = build_experiment(config, devices, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
+    restored = checkpointer.restore_latest(exp.abstract_state)
+    if restored is None:
       raise ConfigError(f'{workdir} holds no checkpoint yet; train it first (dl10_jax.main)')
-    state, _ = checkpointer.restore(step, exp.abstract_state)
+    _, state, _ = restored
   finally:
     checkpointer.close()
   return exp, state

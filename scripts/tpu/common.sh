@@ -24,11 +24,14 @@
 #   dl10_jax/         the code: `git archive HEAD` of this checkout (setup.sh)
 #   dl10_venv/        a Python 3.11 virtualenv with requirements.txt + jax[tpu] at the same pin
 #   dl10_train.log    the output of the last train.sh (one log per worker)
+#   dl10_train.stop   written by train.sh --stop: a preempted run is not retried
 
 ROOT=$(CDPATH='' cd -- "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 REMOTE_CODE=dl10_jax
 REMOTE_VENV=dl10_venv
 REMOTE_LOG=dl10_train.log
+REMOTE_STOP=dl10_train.stop
+PREEMPTED_EXIT_CODE=75  # dl10_jax/train/preemption.py: saved after SIGTERM, rerun to resume
 
 NAME=${TPU_NAME:-}
 ZONE=${TPU_ZONE:-}
@@ -41,6 +44,7 @@ SPOT=false
 FOREGROUND=false
 STOP=false
 WORKER=0
+RETRIES=10
 PYTHON=python3.12
 CONFIG=
 WORKDIR=
@@ -102,6 +106,7 @@ parse_args() {
           --accelerator-type) ACCELERATOR_TYPE=$value ;;
           --version) VERSION=$value ;;
           --worker) WORKER=$value ;;
+          --retries) RETRIES=$value ;;
           --python) PYTHON=$value ;;
           --config) CONFIG=$value ;;
           --workdir) WORKDIR=$value ;;
