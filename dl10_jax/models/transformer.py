@@ -86,7 +86,7 @@ class Block(nn.Module):
                           name='mlp')(ln('ln2')(x), train)
 
 
-def model_block(model: 'TransformerClassifier | EncoderDecoder') -> Callable[..., Block]:
+def _block(model: 'TransformerClassifier | EncoderDecoder') -> Callable[..., Block]:
   """A block with the fields of `model` (a classifier or an encoder-decoder), under its remat
   policy: train and causal steer the call as Python values, so they are static, passed by
   position."""
@@ -140,7 +140,7 @@ class TransformerClassifier(nn.Module):
     x = Positions(self.positions, self.max_len, self.dtype)(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = attention.make_mask(x.shape[1], x.shape[1], kv_valid=valid)  # [B, 1, 1, T]
-    block = model_block(self)
+    block = _block(self)
     for i in range(self.num_layers):
       x = block(name=f'block{i}')(x, mask, train, False)  # Not causal.
     x = nn.LayerNorm(dtype=self.dtype, name='ln_f')(x)
@@ -180,7 +180,7 @@ class EncoderDecoder(nn.Module):
     self.src_pos = Positions(self.positions, self.max_len, self.dtype)
     self.tgt_pos = Positions(self.positions, self.max_len, self.dtype)
     self.drop = nn.Dropout(self.dropout_rate)
-    block = model_block(self)
+    block = _block(self)
     self.encoder = [block(name=f'encoder{i}') for i in range(self.num_layers)]
     self.decoder = [block(name=f'decoder{i}') for i in range(self.num_layers)]
     self.ln_enc = nn.LayerNorm(dtype=self.dtype)
