@@ -47,6 +47,7 @@ def _unet() -> ml_collections.ConfigDict:
       'dropout': 0.0,  # Ho et al.: 0.1 on CIFAR-10; a 1-hour run does not overfit.
       'attention_impl': 'xla',
       'conv_impl': 'auto',
+      'remat': 'none',  # none | full | dots | dots_no_batch: recompute blocks in the backward.
   })
 
 

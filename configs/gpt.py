@@ -50,6 +50,7 @@ def _model(block_size: ml_collections.FieldReference) -> ml_collections.ConfigDi
       'positions': 'rotary',
       'dropout_rate': 0.0,  # Short runs on 4.4 M characters do not overfit.
       'attention_impl': 'auto',  # CPU: blocked causal attention; GPU: cuDNN for bf16.
+      'remat': 'none',  # none | full | dots | dots_no_batch: recompute blocks in the backward.
   })
 
 

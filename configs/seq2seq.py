@@ -68,6 +68,7 @@ def _model(positions: str) -> ml_collections.ConfigDict:
       'dropout_rate': 0.0,
       'score': 'dot',
       'attention_impl': 'auto',
+      'remat': 'none',  # none | full | dots | dots_no_batch: recompute blocks in the backward.
   })
 
 

@@ -46,6 +46,7 @@ def _recipe() -> ml_collections.ConfigDict:
       'dropout_rate': 0.1,
       'score': 'dot',
       'attention_impl': 'auto',
+      'remat': 'none',  # none | full | dots | dots_no_batch: recompute blocks in the backward.
   })
   config.optimizer = 'adamw'
   config.weight_decay = 0.01

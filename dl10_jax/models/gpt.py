@@ -7,6 +7,7 @@ to the token embedding. GPT-2 initialisation: N(0, 0.02) weights, residual proje
 that fused attention kernels apply). Attention is `attention.MultiHeadAttention` with GPT-2's
 fused projections (`CausalSelfAttention`); its `attention_impl` switch never changes the model.
 The MLP, rotary embeddings and the residual init are `layers`', shared with the Transformer.
+`remat` recomputes each block's activations in the backward pass (`layers.remat`), to save memory.
 
 `extend` runs the model incrementally over a fixed-shape key/value cache (`init_cache`), for
 sampling (models/decoding.generate).
@@ -87,6 +88,7 @@ class GPT(nn.Module):
   positions: str = 'learned'
   dropout_rate: float = 0.0
   attention_impl: str = 'xla'
+  remat: str = 'none'  # none | full | dots | dots_no_batch (layers.REMAT_POLICIES)
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -97,7 +99,8 @@ class GPT(nn.Module):
     if self.positions == 'learned':
       self.wpe = nn.Embed(self.block_size, self.width, embedding_init=init, dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout_rate)
-    self.blocks = [Block(self.num_heads, self.num_layers, self.mlp_ratio, self.positions,
+    block = layers.remat(Block, self.remat, static_argnums=(2,))  # train
+    self.blocks = [block(self.num_heads, self.num_layers, self.mlp_ratio, self.positions,
                          self.dropout_rate, self.attention_impl, self.dtype, name=f'block{i}')
                    for i in range(self.num_layers)]
     self.ln_f = nn.LayerNorm(dtype=self.dtype)

@@ -8,10 +8,14 @@ micro-batched 3x3s; the backward of `reduce_window` max-pooling is slow there to
 `Conv2D(impl='auto')` picks per backend and kernel form (`resolve_conv_impl`); both paths have the
 same parameters and are tested equal (tests/test_layers.py, tests/test_models.py).
 Keeping the im2col tensors in cache is the trainer's `microbatch_size` (train/objective.py).
+
+`remat` wraps a block class in rematerialisation (`model.remat` of GPT, the Transformer and the
+U-Net): its backward recomputes the activations a policy does not save, trading compute for memory.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -213,3 +217,31 @@ class MLP(nn.Module):
     h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation.
     h = nn.Dense(width, dtype=self.dtype, kernel_init=self.residual_init, name='proj')(h)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+
+
+# --- Rematerialisation. ---
+
+# model.remat -> what the backward pass keeps of a block's forward (jax.checkpoint_policies).
+# 'full' keeps only each block's inputs; 'dots' every matmul output; 'dots_no_batch' the weight
+# matmuls but not attention's batched score and value products (at long context, the big ones).
+REMAT_POLICIES: dict[str, Any] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_saveable,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@functools.cache
+def remat(cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = ()
+          ) -> type[nn.Module]:
+  """`cls` recomputed in the backward pass as `policy` says ('none': `cls` itself).
+
+  static_argnums count `self` as 0 and must cover every Python bool or int that steers the call
+  (`train`, `causal`): the other arguments are traced, and keyword arguments always are. The
+  wrapped class keeps the module's name, so parameter trees are the same with or without remat.
+  """
+  check_choice('model.remat', policy, tuple(REMAT_POLICIES))
+  if policy == 'none':
+    return cls
+  return nn.remat(cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)

@@ -5,7 +5,7 @@ the encoder output between causal self-attention and the MLP. Attention is
 `attention.MultiHeadAttention` (so `attention_impl` and additive scores work unchanged), the MLP is
 GPT-2's (`layers.MLP`). Positions: `sinusoidal` (fixed, added), `learned` (a table of `max_len`,
 added) or `rotary` (`layers.rotary` on the queries and keys of self-attention; relative, nothing
-added).
+added). `remat` recomputes each block's activations in the backward pass (`layers.remat`).
 
 Models: `TransformerClassifier` (token ids with 0 pads, or images read as rows -> CLS token or
 masked mean -> logits) and `EncoderDecoder` (teacher-forced logits; `encode` / `decode` for the jitted
@@ -15,7 +15,7 @@ fixed-shape greedy and beam-search decoders of models/decoding.py).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -69,7 +69,7 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool, *, causal: bool = False,
+  def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool, causal: bool = False,
                memory: jax.Array | None = None, memory_mask: jax.Array | None = None):
     residual_init = layers.residual_init(self.num_layers)
     mha = functools.partial(attention.MultiHeadAttention, num_heads=self.num_heads,
@@ -84,6 +84,16 @@ class Block(nn.Module):
       x = x + mha(name='cross_attn')(ln('ln_cross')(x), memory, mask=memory_mask, train=train)
     return x + layers.MLP(residual_init, self.mlp_ratio, self.dropout_rate, self.dtype,
                           name='mlp')(ln('ln2')(x), train)
+
+
+def _block(model: 'TransformerClassifier | EncoderDecoder') -> Callable[..., Block]:
+  """A block with the fields of `model` (a classifier or an encoder-decoder), under its remat
+  policy: train and causal steer the call as Python values, so they are static, passed by
+  position."""
+  block = layers.remat(Block, model.remat, static_argnums=(3, 4))
+  return functools.partial(block, model.num_heads, model.num_layers, model.mlp_ratio,
+                           model.positions, model.dropout_rate, model.score,
+                           model.attention_impl, model.dtype)
 
 
 class TransformerClassifier(nn.Module):
@@ -104,6 +114,7 @@ class TransformerClassifier(nn.Module):
   dropout_rate: float = 0.1
   score: str = 'dot'
   attention_impl: str = 'xla'
+  remat: str = 'none'  # none | full | dots | dots_no_batch (layers.REMAT_POLICIES)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -129,9 +140,9 @@ class TransformerClassifier(nn.Module):
     x = Positions(self.positions, self.max_len, self.dtype)(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = attention.make_mask(x.shape[1], x.shape[1], kv_valid=valid)  # [B, 1, 1, T]
+    block = _block(self)
     for i in range(self.num_layers):
-      x = Block(self.num_heads, self.num_layers, self.mlp_ratio, self.positions, self.dropout_rate,
-                self.score, self.attention_impl, self.dtype, name=f'block{i}')(x, mask, train)
+      x = block(name=f'block{i}')(x, mask, train, False)  # Not causal.
     x = nn.LayerNorm(dtype=self.dtype, name='ln_f')(x)
     if self.pooling == 'cls':
       pooled = x[:, 0]
@@ -158,6 +169,7 @@ class EncoderDecoder(nn.Module):
   dropout_rate: float = 0.0
   score: str = 'dot'
   attention_impl: str = 'xla'
+  remat: str = 'none'  # none | full | dots | dots_no_batch (layers.REMAT_POLICIES)
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -168,9 +180,7 @@ class EncoderDecoder(nn.Module):
     self.src_pos = Positions(self.positions, self.max_len, self.dtype)
     self.tgt_pos = Positions(self.positions, self.max_len, self.dtype)
     self.drop = nn.Dropout(self.dropout_rate)
-    block = functools.partial(Block, self.num_heads, self.num_layers, self.mlp_ratio,
-                              self.positions, self.dropout_rate, self.score, self.attention_impl,
-                              self.dtype)
+    block = _block(self)
     self.encoder = [block(name=f'encoder{i}') for i in range(self.num_layers)]
     self.decoder = [block(name=f'decoder{i}') for i in range(self.num_layers)]
     self.ln_enc = nn.LayerNorm(dtype=self.dtype)
@@ -184,7 +194,7 @@ class EncoderDecoder(nn.Module):
     x = self.drop(self.src_pos(self.embed(source)), deterministic=not train)
     mask = attention.make_mask(x.shape[1], x.shape[1], kv_valid=valid)
     for block in self.encoder:
-      x = block(x, mask, train)
+      x = block(x, mask, train, False)  # Not causal.
     return self.ln_enc(x), valid
 
   def decode(self, memory: jax.Array, valid: jax.Array, decoder_input: jax.Array,
@@ -196,7 +206,7 @@ class EncoderDecoder(nn.Module):
     x = self.drop(self.tgt_pos(self.embed(decoder_input)), deterministic=not train)
     memory_mask = attention.make_mask(x.shape[1], memory.shape[1], kv_valid=valid)
     for block in self.decoder:
-      x = block(x, None, train, causal=True, memory=memory, memory_mask=memory_mask)
+      x = block(x, None, train, True, memory, memory_mask)  # Causal, with cross-attention.
     return self.head(self.ln_dec(x)).astype(jnp.float32)
 
   def __call__(self, inputs: tuple[jax.Array, jax.Array], train: bool = False) -> jax.Array:

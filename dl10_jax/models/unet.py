@@ -17,6 +17,8 @@
   the spatial sizes in `attention_resolutions` and in the middle. It is `attention.
   MultiHeadAttention`, so it runs through the shared `dot_product_attention` and its
   `attention_impl`.
+- `remat`: the residual and attention blocks recompute their activations in the backward pass
+  (`layers.remat`), to save memory.
 Ho et al.'s CIFAR-10 model is channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
 attention at 16x16, dropout 0.1 (35.7 M parameters); the CPU recipe (configs/diffusion.py) is much
 smaller.
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from dl10_jax.errors import ConfigError
+from dl10_jax.models import layers
 from dl10_jax.models.attention import MultiHeadAttention
 from dl10_jax.models.layers import Conv2D
 
@@ -105,6 +108,7 @@ class UNet(nn.Module):
   out_channels: int = 0  # 0: as many as the input.
   attention_impl: str = 'xla'  # models/attention.py
   conv_impl: str = 'auto'  # auto | xla | patches (models/layers.py)
+  remat: str = 'none'  # none | full | dots | dots_no_batch (layers.REMAT_POLICIES)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -118,10 +122,11 @@ class UNet(nn.Module):
       raise ConfigError(f'the U-Net takes images [B, H, W, C] and timesteps [B], not {x.shape} '
                         f'and {t.shape}')
     conv = functools.partial(Conv2D, padding='SAME', impl=self.conv_impl, dtype=self.dtype)
-    block = functools.partial(ResBlock, groups=self.num_groups, dropout=self.dropout, conv=conv,
+    res_block = layers.remat(ResBlock, self.remat, static_argnums=(3,))  # train
+    block = functools.partial(res_block, groups=self.num_groups, dropout=self.dropout, conv=conv,
                               dtype=self.dtype)
-    attention = functools.partial(AttentionBlock, self.head_channels, self.num_groups,
-                                  self.attention_impl, self.dtype)
+    attention = functools.partial(layers.remat(AttentionBlock, self.remat), self.head_channels,
+                                  self.num_groups, self.attention_impl, self.dtype)
     emb_dim = 4 * self.channels
     temb = timestep_embedding(t, self.channels)  # [B, c]
     temb = nn.Dense(emb_dim, dtype=self.dtype, name='time_dense0')(temb)
