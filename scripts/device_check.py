@@ -8,8 +8,8 @@ for all, since a lent machine sends back only a few).
   python scripts/device_check.py ddpm_dcgan --results OUT  # the DDPM U-Net and DCGAN steps
 
 --tiny runs each at toy sizes (on a CPU, in seconds), so that the test suite keeps them working.
-The throughput figures come from scripts/benchmark.py (medians over every timed call; the calls
-themselves are in the records).
+The throughput figures come from scripts/step_timing.py, as scripts/benchmark.py's do (medians
+over every timed call; the calls themselves are in the records).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'scripts'))
 
-import benchmark  # noqa: E402
+import step_timing  # noqa: E402
 import device_summary  # noqa: E402
 
 _OUT = flags.DEFINE_string('results', '', 'Folder for the records (made if missing).')
@@ -96,7 +96,7 @@ def step_gpt2() -> None:
                  mfu=row['flops_per_sec'] / device['peak_flops'])
     _record('gpt2', {**device, 'block_size': tokens, 'dtype': config.dtype, **row})
 
-  benchmark.largest_batch_throughput(config, batches, *_timing(), deadline, on_try)
+  step_timing.largest_batch_throughput(config, batches, *_timing(), deadline, on_try)
 
 
 def step_gpt_target() -> None:
@@ -155,8 +155,8 @@ def step_gpt_target() -> None:
 def _images_step(step: str, name: str, config, shape: tuple[int, int, int], classes: int) -> None:
   """examples/s of `config`'s train step on random images of `shape` (records of every call)."""
   config.update(microbatch_size=0, progress_bar=False)
-  with benchmark.synthetic_images(shape, classes, max(2 * config.batch_size, 16)):
-    r = benchmark.jax_step_throughput(config, *_timing(), flops=math.nan)
+  with step_timing.synthetic_images(shape, classes, max(2 * config.batch_size, 16)):
+    r = step_timing.jax_step_throughput(config, *_timing(), flops=math.nan)
   wait = 1 - r['fed_examples_per_sec'] / r['examples_per_sec']
   _record(step, {'model': name, 'batch_size': config.batch_size, 'dtype': config.dtype,
                  'image_shape': shape, 'data_wait_fraction': wait, **_device(),

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, cached_compile_env
 
 sys.path.insert(0, str(ROOT / 'scripts'))
-import benchmark  # noqa: E402
+import step_timing  # noqa: E402
 import device_summary  # noqa: E402
 
 H200 = ROOT / 'experiments' / 'kernels' / 'h200'
@@ -114,10 +114,10 @@ def test_largest_batch_stops_at_the_first_that_does_not_fit(monkeypatch):
       raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate')
     return {'examples_per_sec': float(config.batch_size)}
 
-  monkeypatch.setattr(benchmark, 'jax_step_throughput', fake)
+  monkeypatch.setattr(step_timing, 'jax_step_throughput', fake)
   from configs import gpt
   tried = []
-  rows = benchmark.largest_batch_throughput(gpt.get_config('smoke'), [64, 16, 32, 128], 1, 1, 1,
+  rows = step_timing.largest_batch_throughput(gpt.get_config('smoke'), [64, 16, 32, 128], 1, 1, 1,
                                             deadline=float('inf'), on_try=tried.append)
   assert [r['batch_size'] for r in rows] == [16, 32, 64] and rows == tried
   assert 'out of memory' in rows[-1]['error'] and 'error' not in rows[1]
@@ -127,7 +127,7 @@ def test_synthetic_images_replace_the_dataset_inside_only():
   from dl10_jax import data
   from configs import resnet
   config = resnet.get_config('smoke')
-  with benchmark.synthetic_images((8, 8, 3), 5, records=4):
+  with step_timing.synthetic_images((8, 8, 3), 5, records=4):
     splits = data.load(config.dataset)
     assert len(splits.train) == 4 and splits.num_classes == 5
     assert splits.train[0]['image'].shape == (8, 8, 3)
