@@ -28,13 +28,13 @@ run: setup
 	$(RUN) -m dl10_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: setup-dev
-	$(RUN) -m pytest -n 2 -q tests
+	$(RUN) -m pytest -n 2 --dist worksteal -q tests
 
 # Under 2 minutes on 2 cores: every family's model and objective tests, without the tests marked
 # `@pytest.mark.slow` (real processes, sweeps, SIGKILL and resume, smoke runs through main).
 # `make test` runs everything.
 test-fast: setup-dev
-	$(RUN) -m pytest -n 2 -q -m "not slow" tests
+	$(RUN) -m pytest -n 2 --dist worksteal -q -m "not slow" tests
 
 bench: setup-dev
 	$(RUN) scripts/benchmark.py --config $(CONFIG) --torch

@@ -41,15 +41,14 @@ _EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'gpt_target: steps between
 _GPT2_BATCHES = flags.DEFINE_list('gpt2_batches', ['16', '32', '64', '128'],
                                   'gpt2: batch sizes tried, ascending, until one does not fit.')
 _RESNET_BATCH = flags.DEFINE_integer('resnet_batch', 256, 'resnet50: batch size.')
-# benchmark.py's --steps, --warmup and --repeats (timed calls, resident and fed), at what fits the
-# time limits of a lent machine.
-flags.FLAGS.set_default('steps', 10)
-flags.FLAGS.set_default('warmup', 3)
+# As benchmark.py's, at what fits the time limits of a lent machine.
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation, caches).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls per measurement (the median is kept).')
 
 
 def _timing() -> tuple[int, int, int]:
-  fl = flags.FLAGS
-  return (2, 1, 1) if _TINY.value else (fl.steps, fl.warmup, fl.repeats)
+  return (2, 1, 1) if _TINY.value else (_STEPS.value, _WARMUP.value, _REPEATS.value)
 
 
 def _record(step: str, row: dict) -> None:
