@@ -1,7 +1,6 @@
 """DCGAN: shapes, the transposed convolution against its reference, losses from logits, the order
 and separation of the two updates, EMA, exact resume after SIGKILL, main -> sample."""
 
-import os
 import sys
 
 import jax
@@ -12,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax import lax
 
-from conftest import (metric_events, read_metrics, run_module, run_until_killed,
+from conftest import (metric_events, read_metrics, run_main, run_module, run_until_killed,
                       this_process_cache_env)
 from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
@@ -195,13 +194,11 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_config_through_main_then_sample(tmp_path, classifier_dir,  # noqa: F811
-                                               monkeypatch):
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
-  monkeypatch.setenv('XLA_FLAGS', ' '.join(flags))  # One CPU device: faster compiles.
+def test_smoke_config_through_main_then_sample(tmp_path, classifier_dir):  # noqa: F811
   workdir = tmp_path / 'gan'
-  result = run_module('dl10_jax.main', '--config', 'configs/gan.py:smoke', '--workdir',
-                      str(workdir), f'--config.quality_classifier_dir={classifier_dir}')
+  result = run_main('--config', 'configs/gan.py:smoke', '--workdir', str(workdir),
+                    '--config.mesh.data=1',  # One device: faster compiles.
+                    f'--config.quality_classifier_dir={classifier_dir}')
   assert result.returncode == 0, result.stderr
   final = [m for m in read_metrics(workdir) if 'eval_classifier_fid' in m][-1]
   assert final['eval_classifier_fid'] > 0 and 0 < final['eval_classifier_confidence'] <= 1

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import metric_events, run_module
+from conftest import metric_events, run_main, run_module
 from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import checkpoint
@@ -109,8 +109,7 @@ def _sample(*args):
 @pytest.mark.slow
 def test_smoke_configs_through_main_and_sample_with_one_line_errors(tmp_path):
   workdir = tmp_path / 'gpt'
-  result = run_module('dl10_jax.main', '--config', 'configs/gpt.py:smoke', '--workdir', str(workdir),
-                      timeout=300)
+  result = run_main('--config', 'configs/gpt.py:smoke', '--workdir', str(workdir))
   assert result.returncode == 0, result.stderr
   greedy = _sample('--workdir', str(workdir), '--prompt', 'ROMEO:', '--max_new_tokens', '40',
                    '--temperature', '0')
