@@ -243,6 +243,7 @@ def test_attention_smoke_config_runs_from_the_command_line(tmp_path):
     ('configs/transformer.py:smoke', '--config.model.attention_impl=flash',
      "attention_impl='flash' is not supported; allowed: xla"),
 ])
+@pytest.mark.slow
 def test_a_bad_attention_field_ends_the_run_with_one_line(config, override, message, tmp_path):
   result = run_module('dl10_jax.main', '--config', config, override, '--workdir', str(tmp_path))
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr

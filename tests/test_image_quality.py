@@ -100,6 +100,7 @@ def test_padded_32x32_images_are_cropped_and_other_shapes_are_one_clear_error(cl
       image_quality.score(classifier, np.zeros(shape, np.float32), test)
 
 
+@pytest.mark.slow
 def test_the_default_cache_trains_the_classifier_once(tmp_path, monkeypatch):
   monkeypatch.setenv('DL10_CACHE_DIR', str(tmp_path))
   train = image_quality.train_classifier

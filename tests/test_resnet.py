@@ -165,6 +165,7 @@ def _events(workdir, key):
   return [m[key] for m in read_metrics(workdir) if key in m]
 
 
+@pytest.mark.slow
 def test_cifar10_by_tfds_name_trains(tmp_path):
   """`dataset.name=cifar10` goes through tfds.data_source (mocked: no network), with augmentation."""
   import tensorflow_datasets as tfds

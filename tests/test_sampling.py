@@ -52,6 +52,7 @@ def test_what_a_run_samples_follows_its_objective_class():
     assert callable(OBJECTIVES[name].generate)
 
 
+@pytest.mark.slow
 def test_a_run_that_samples_nothing_fails_with_one_line(tmp_path):
   from conftest import run_module
   (tmp_path / 'config.json').write_text('{"objective": "classification"}')

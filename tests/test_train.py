@@ -17,6 +17,7 @@ from dl10_jax.train.trainer import restore_run, train_and_evaluate
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.slow
 def test_loss_falls_and_accuracy_beats_chance(cnn_smoke_config, tmp_path, dtype):
   cnn_smoke_config.dtype = dtype
   final = train_and_evaluate(cnn_smoke_config, tmp_path)
@@ -99,6 +100,7 @@ def test_a_run_saved_before_a_new_shared_field_still_restores(cnn_smoke_config, 
   assert exp.config.adam_b2 == 0.999 and int(state.step) == 2
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_only_evaluates(cnn_smoke_config, tmp_path):
   cnn_smoke_config.num_train_steps = 4
   first = train_and_evaluate(cnn_smoke_config, tmp_path)
@@ -114,6 +116,7 @@ def test_resuming_with_an_incompatible_model_fails_clearly(cnn_smoke_config, tmp
     train_and_evaluate(cnn_smoke_config, tmp_path)
 
 
+@pytest.mark.slow
 def test_tfds_dataset_by_name_trains_end_to_end(cnn_smoke_config, tmp_path):
   """`dataset.name=mnist` without IDX files goes through tfds.data_source (mocked: no network)."""
   import tensorflow_datasets as tfds
@@ -127,6 +130,7 @@ def test_tfds_dataset_by_name_trains_end_to_end(cnn_smoke_config, tmp_path):
   assert 0.0 <= final['eval_accuracy'] <= 1.0 and math.isfinite(final['eval_loss'])
 
 
+@pytest.mark.slow
 def test_resuming_into_another_data_stream_fails_clearly(cnn_smoke_config, tmp_path):
   cnn_smoke_config.num_train_steps = 2
   train_and_evaluate(cnn_smoke_config, tmp_path)
