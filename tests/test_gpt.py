@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dl10_jax import config_recipes
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import attention, gpt
 
@@ -16,7 +17,7 @@ def _small(**kwargs):
 
 
 def test_gpt2_small_has_124m_parameters_with_tied_embeddings():
-  model = gpt.GPT(vocab_size=50_257, block_size=1024, **gpt.SIZES['gpt2'])
+  model = gpt.GPT(vocab_size=50_257, block_size=1024, **config_recipes.GPT_SIZES['gpt2'])
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
   assert sum(x.size for x in jax.tree.leaves(shapes)) == 124_439_808
   assert 'head' not in shapes['params']  # The output projection is the token embedding.

@@ -40,7 +40,7 @@ def save_png(path: str | pathlib.Path, grid: np.ndarray, scale: int = 1) -> None
 
 def write_eval_grid(images: np.ndarray, step: int, workdir: str | pathlib.Path, writer: Any,
                     name: str = 'samples') -> pathlib.Path:
-  """The grid of `images` [N, H, W, C] in [-1, 1] to WORKDIR/samples/step_XXXXXX.png (process 0)
+  """The grid of `images` [N, H, W, C] in [-1, 1] to WORKDIR/samples/step_<6-digit step>.png (process 0)
   and to TensorBoard as `name`; returns the PNG's path."""
   grid = make_grid(images)
   path = pathlib.Path(workdir) / 'samples' / f'step_{int(step):06d}.png'

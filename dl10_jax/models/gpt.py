@@ -21,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl10_jax.config_recipes import GPT_SIZES as SIZES  # Named sizes, where configs read them.
 from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models import attention, layers
 
