@@ -55,9 +55,10 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('record', type=pathlib.Path, help='experiments/<family>/runs/<name>')
   parser.add_argument('--note', default='', help='what else ran on the machine, why this run')
-  parser.add_argument('main_args', nargs=argparse.REMAINDER, help='-- then dl10_jax.main flags')
-  args = parser.parse_args()
-  main_args = [a for a in args.main_args if a != '--']
+  argv = sys.argv[1:]
+  split = argv.index('--') if '--' in argv else len(argv)
+  args = parser.parse_args(argv[:split])
+  main_args = argv[split + 1:]  # dl10_jax.main's flags.
   if not any(a.startswith('--config') for a in main_args):
     parser.error('pass the run after --, e.g. -- --config configs/cnn.py')
   workdir = ROOT / 'runs' / args.record.name
