@@ -1,6 +1,7 @@
 """The models against definitions from outside this project: torchvision's ResNet, MobileNetV2 and
 ShuffleNetV2 and torch.nn.RNN (weights copied in), the RoFormer formula of rotary positions,
-exhaustive search for beam search, numpy / SciPy for classifier-FID's moments and distance.
+exhaustive search for beam search, numpy / SciPy for classifier-FID's moments and distance, and
+exact match by its definition.
 
 The project's own tests compare a fast path with its own reference; these catch a reference that is
 itself wrong (a convention that differs from the paper or the library everyone compares with).
@@ -14,11 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
+import scipy.special
 import torch
 import torchvision
 
-from dl10_jax.models import mobilenet, resnet
-
+from dl10_jax.models import decoding, mobilenet, recurrent, resnet
+from dl10_jax.models.layers import rotary
+from dl10_jax.train import image_quality
+from dl10_jax.train.seq2seq import exact_match
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -186,7 +191,6 @@ def _rotary_reference(x, positions, pairing, base=10_000.0):
 def test_rotary_is_the_roformer_rotation_of_split_halves():
   """layers.rotary pairs feature i with i + d/2 (GPT-NeoX / HF rotate_half), not RoFormer's
   (2i, 2i+1): the same function up to a fixed permutation of q's and k's features."""
-  from dl10_jax.models.layers import rotary
   d, positions = 8, np.array([0, 1, 5, 17, 40])
   x = np.random.default_rng(0).normal(size=(len(positions), d))
   got = np.asarray(rotary(jnp.asarray(x, jnp.float32)[None, :, None], jnp.asarray(positions)))
@@ -203,9 +207,9 @@ def test_rotary_is_the_roformer_rotation_of_split_halves():
 
 def test_rotary_scores_depend_only_on_the_offset():
   """q . k of positions (m, n) equals that of (m + s, n + s), and changes with n - m."""
-  from dl10_jax.models.layers import rotary
   q, k = np.random.default_rng(1).normal(size=(2, 1, 1, 1, 16)).astype(np.float32)
-  turn = lambda x, m: np.asarray(rotary(jnp.asarray(x), jnp.asarray([m])))[0, 0, 0]
+  rotate = jax.jit(rotary)
+  turn = lambda x, m: np.asarray(rotate(jnp.asarray(x), jnp.asarray([m])))[0, 0, 0]
   score = lambda m, n: float(turn(q, m) @ turn(k, n))
   for m, n in [(0, 3), (7, 2), (5, 5)]:
     for s in (1, 11, 100):
@@ -250,14 +254,14 @@ def _sequence_log_prob(log_p, source, y):
 
 
 def _log_probs(table, outputs):
-  log_p = jax.nn.log_softmax(np.asarray(table, np.float64), axis=-1)
-  return [_sequence_log_prob(np.asarray(log_p), s, y) for s, y in enumerate(np.asarray(outputs))]
+  log_p = scipy.special.log_softmax(np.asarray(table, np.float64), axis=-1)
+  return [_sequence_log_prob(log_p, s, y) for s, y in enumerate(np.asarray(outputs))]
 
 
 def _exhaustive(table, alpha, eos_in_length=True):
   """Per source, over every output (it ends at its first EOS, else at MAX_LEN), the best by
   log p / GNMT's ((5 + |y|) / 6)^alpha (|y| counts the EOS), and its margin to the second."""
-  log_p = np.asarray(jax.nn.log_softmax(np.asarray(table, np.float64), axis=-1))
+  log_p = scipy.special.log_softmax(np.asarray(table, np.float64), axis=-1)
   outputs = {}
   for tokens in itertools.product(range(V), repeat=MAX_LEN):
     n = next((i + 1 for i, y in enumerate(tokens) if y == 2), MAX_LEN)
@@ -283,7 +287,6 @@ def table_model():
 def test_a_wide_beam_finds_the_exhaustive_optimum(alpha, table_model):
   """With beam V^(MAX_LEN - 1) nothing is pruned: beam search must return, for every source, the
   output exhaustive search ranks first (log p over GNMT's length penalty)."""
-  from dl10_jax.models import decoding
   model, variables, source = table_model
   table = np.asarray(variables['params']['table'])
   best = _exhaustive(table, alpha)
@@ -300,7 +303,6 @@ def test_a_wide_beam_finds_the_exhaustive_optimum(alpha, table_model):
 def test_beam_4_beats_or_ties_greedy_and_beam_1_is_greedy(table_model):
   """Ranked by log p (alpha 0), beam 4 is never below greedy here and above it for some sources
   (not a theorem: a beam can prune the greedy path; with this table it never loses)."""
-  from dl10_jax.models import decoding
   model, variables, source = table_model
   table = np.asarray(variables['params']['table'])
   greedy = decoding.greedy_decode(model, variables, source, MAX_LEN)
@@ -319,7 +321,6 @@ def test_elman_rnn_equals_torch_rnn_forward_and_gradients(padded):
   """A 2-layer bidirectional tanh RNN from an initial state, in outputs, final states and the
   gradients of inputs, initial states and every weight; padded: torch's packed sequences (the
   backward direction starts at each sequence's last step). torch keeps two biases, we their sum."""
-  from dl10_jax.models import recurrent
   batch, time, features, hidden = 3, 6, 4, 5
   lengths = [6, 3, 5] if padded else [6] * 3
   rnn = torch.nn.RNN(features, hidden, num_layers=2, bidirectional=True, batch_first=True).double()
@@ -379,8 +380,6 @@ def test_elman_rnn_equals_torch_rnn_forward_and_gradients(padded):
 def test_classifier_fid_moments_and_distance_equal_numpy_and_scipy():
   """Mean and covariance from moment_sums (masked rows left out) equal np.mean / np.cov, and the
   distance equals |m1 - m2|^2 + tr(C1 + C2 - 2 sqrtm(C1 C2)) with SciPy's sqrtm."""
-  import scipy.linalg
-  from dl10_jax.train import image_quality
   rng = np.random.default_rng(3)
   mixing = rng.normal(size=(2, 6, 6))
   real = 3 + rng.normal(size=(60, 6)) @ mixing[0]  # Features with a mean, as ReLU features have.
@@ -395,15 +394,13 @@ def test_classifier_fid_moments_and_distance_equal_numpy_and_scipy():
     mean, cov = image_quality._gaussian(s)
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cov, np.cov(features, rowvar=False), rtol=1e-5, atol=1e-5)
-  m1, c1, m2, c2 = (*[real.mean(0), np.cov(real, rowvar=False)],
-                    *[fake.mean(0), np.cov(fake, rowvar=False)])
+  (m1, c1), (m2, c2) = [(f.mean(axis=0), np.cov(f, rowvar=False)) for f in (real, fake)]
   want = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
   assert image_quality.summarize(*sums)['classifier_fid'] == pytest.approx(want, rel=1e-5)
 
 
 def test_exact_match_counts_up_to_the_targets_eos():
   """The whole sequence up to and including EOS must be right; after the EOS nothing counts."""
-  from dl10_jax.train.seq2seq import exact_match
   eos = 2
   target = [5, 6, 7, eos, 0, 0]
   cases = {(5, 6, 7, eos, 0, 0): True,
