@@ -145,6 +145,9 @@ def batch_norm(train: bool, dtype: Any, name: str | None = None,
 
   Training normalises with the statistics of the batch the step sees, so with the trainer's
   micro-batching that is each micro-batch ("ghost" batch norm; see config `ghost_batch_norm`).
+  One difference from PyTorch (flax's): the running variance averages the biased batch variance,
+  PyTorch's the unbiased one, n / (n - 1) larger for n = B*H*W values per channel
+  (tests/test_references.py).
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
