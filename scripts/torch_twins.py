@@ -8,8 +8,9 @@ of the weights where the objective keeps one) and returns (step(batch), number o
 The GAN, two networks with two optimizers and losses, has its own step builder (`STEP_TWINS`);
 it and the DDPM U-Net live in torch_twins_generative.py, the shared pieces in torch_twins_common.py.
 
-Convolutions pad as the JAX models' 'SAME' (the odd pixel of padding after, `torch_twins_common.SameConv2d`), so a
-strided layer sees the same windows, not torchvision's symmetric padding.
+Convolutions pad as the JAX models do: the ResNets and the lightweight CNNs k // 2 on each side
+(PyTorch's own padding, the JAX `padding='HALF'`), the others 'SAME' (the odd pixel of padding
+after, `torch_twins_common.SameConv2d`), so a strided layer sees the same windows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # Its siblings, however it is loaded.
-from torch_twins_common import (EMA, SameConv2d, image_shape, images, num_trainable,  # noqa: E402,F401
+from torch_twins_common import (EMA, image_shape, images, num_trainable,  # noqa: E402,F401
                                 trainable)
 from torch_twins_generative import dcgan, dcgan_step, ddpm  # noqa: E402
 
@@ -186,8 +187,10 @@ def _cifar_resnet(config):
 
 def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False,
              activation: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
-  """models/mobilenet.ConvBN: conv (no bias, 'SAME') + BatchNorm + activation (None: linear)."""
-  layers = [SameConv2d(cin, cout, kernel, stride, groups=cin if depthwise else 1, bias=False),
+  """models/mobilenet.ConvBN: conv (no bias, k // 2 padding) + BatchNorm + activation (None:
+  linear)."""
+  layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=cin if depthwise else 1,
+                      bias=False),
             nn.BatchNorm2d(cout)]  # PyTorch's defaults, as models/layers.batch_norm.
   return nn.Sequential(*layers, *([activation()] if activation else []))
 

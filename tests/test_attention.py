@@ -10,6 +10,7 @@ from conftest import read_metrics, run_module
 from configs import attention as attention_config
 from dl10_jax import data
 from dl10_jax.errors import ConfigError
+from dl10_jax.kernels import flash_attention
 from dl10_jax.models import attention, hard_attention
 from dl10_jax.train.objective import policy_gradient_loss
 from dl10_jax.train.trainer import train_and_evaluate
@@ -94,18 +95,24 @@ def test_multi_head_attention_masks_padding_and_cross_attends(score):
                              y[:, :3], atol=1e-5)
 
 
-def _impls():
-  backend = jax.default_backend()
-  return ['xla', 'blocked', 'auto'] + (['cudnn'] if backend == 'gpu' else [])
+def _impl_cases():
+  """(impl, masked) that run another path than `xla` here: `blocked` (causal self-attention
+  only; with a mask it is xla), the flash kernels in the Pallas interpreter (causal + key
+  padding), cuDNN on a GPU. `auto` on CPU is one of these (blocked), or xla itself."""
+  cases = [('blocked', False), ('pallas_interpret', True)]
+  return cases + ([('cudnn', False), ('cudnn', True)] if jax.default_backend() == 'gpu' else [])
 
 
-@pytest.mark.parametrize('impl', _impls())
-@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('impl,masked', _impl_cases())
 def test_every_impl_agrees_with_xla_in_values_and_gradients(impl, masked):
   dtype = jnp.bfloat16 if impl == 'cudnn' else jnp.float32
   q, k, v = (x.astype(dtype) for x in _qkv(4, 70, 70))  # > one block of `blocked`.
   mask = attention.make_mask(70, 70, kv_valid=jnp.arange(70)[None] < jnp.array([[60], [70]])) \
       if masked else None
+  # The comparison is with another path, not xla with itself.
+  assert attention.resolve_impl(impl, dtype, causal_only=not masked, flash_ok=True,
+                                cudnn_ok=True) != 'xla'
+  assert impl != 'pallas_interpret' or flash_attention.supports(q.shape[-1], dtype)
 
   def f(impl, q, k, v):
     out = attention.dot_product_attention(q, k, v, mask=mask, causal=True, impl=impl)

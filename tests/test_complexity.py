@@ -47,8 +47,10 @@ def test_one_conv_and_one_dense_by_hand():
     (Conv2D(16, (3, 3), strides=2, padding='SAME', feature_group_count=16, use_bias=False),
      (7, 7, 16)),
     (nn.Conv(8, (3, 3), strides=2, padding='SAME', use_bias=False), (7, 7, 4)),
+    (Conv2D(8, (7, 7), strides=2, padding='HALF', use_bias=False), (8, 8, 3)),
     (nn.Dense(10, use_bias=False), (20,)),
-], ids=['valid', 'same_stride2', 'same_7x7', 'depthwise_stride2', 'flax_conv', 'dense'])
+], ids=['valid', 'same_stride2', 'same_7x7', 'depthwise_stride2', 'flax_conv', 'half_7x7_stride2',
+        'dense'])
 def test_single_layers_match_xla_exactly(layer, shape):
   """XLA counts 2 FLOPs per MAC, grouped convs per group, and no taps on zero padding."""
   assert complexity.xla_flops(layer, shape) == 2 * complexity.count_macs(layer, shape,

@@ -34,8 +34,9 @@ def count_params(variables: Any) -> int:
 
 def _valid_taps(size: int, kernel: int, stride: int, padding: str) -> int:
   """Kernel taps summed over one dimension's outputs, leaving out those on zero padding."""
-  before = same_padding(size, kernel, stride)[0] if padding == 'SAME' else 0
-  outputs = -(-size // stride) if padding == 'SAME' else (size - kernel) // stride + 1
+  before = {'SAME': same_padding(size, kernel, stride)[0], 'HALF': kernel // 2}.get(padding, 0)
+  outputs = (-(-size // stride) if padding == 'SAME'
+             else (size + 2 * before - kernel) // stride + 1)
   return sum(min(kernel, size + before - o * stride) - max(0, before - o * stride)
              for o in range(outputs))
 
@@ -53,8 +54,8 @@ def _layer_macs(module: nn.Module, x: Any, y: Any, padding_taps: bool) -> int | 
     padding = module.padding.upper() if isinstance(module.padding, str) else module.padding
     dilations = [getattr(module, name, None) or 1 for name in ('kernel_dilation', 'input_dilation')]
     dilated = any(set((d,) if isinstance(d, int) else d) != {1} for d in dilations)
-    if padding not in ('SAME', 'VALID') or dilated:
-      raise ConfigError(f'padding_taps=False counts SAME or VALID undilated convs only; '
+    if padding not in ('SAME', 'VALID', 'HALF') or dilated:
+      raise ConfigError(f'padding_taps=False counts SAME, VALID or HALF undilated convs only; '
                         f'{module.name or type(module).__name__} has padding={module.padding!r}'
                         f'{" and dilation" if dilated else ""}')
     taps = math.prod(_valid_taps(n, k, s, padding)

@@ -69,19 +69,26 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding:
            groups: int = 1) -> jax.Array:
   """`lax.conv_general_dilated` of x [B, H, W, Cin] with kernel [kh, kw, Cin/groups, Cout].
 
+  padding: VALID, SAME (TensorFlow's: at stride 2 on an even size the odd pixel of padding goes
+  after, so windows centre on pixels 1, 3, 5, ...) or HALF (k // 2 on every side: PyTorch's
+  `padding=k // 2`, Caffe's and the papers' ResNets; windows centre on pixels 0, s, 2s, ...).
+
   The CPU path has three forms, each a few big fused ops instead of Eigen's convolution: dense
   kernels are im2col + one matmul (1x1: the matmul alone, on the strided input), depthwise kernels
   (groups = Cin = Cout) a sum of kh*kw shifted products. Other groupings use XLA's convolution.
   """
   kh, kw, cin_per_group, cout = kernel.shape
   depthwise = groups == x.shape[-1] == cout and cin_per_group == 1
+  if padding == 'HALF':
+    padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
   if resolve_conv_impl(impl, kernel.shape, groups) == 'xla' or not (groups == 1 or depthwise):
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                     feature_group_count=groups)
   if padding == 'SAME':
-    pads = (same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride))
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    padding = (same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride))
+  if padding != 'VALID':
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   if depthwise:
     taps = _taps(x, kh, kw, stride)
     weights = kernel.reshape(kh * kw, cout)
@@ -91,7 +98,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding:
   return im2col(x, kh, kw, stride) @ kernel.reshape(kh * kw * x.shape[-1], cout)
 
 
-PADDINGS = ('VALID', 'SAME')
+PADDINGS = ('VALID', 'SAME', 'HALF')
 
 
 class Conv2D(nn.Module):
@@ -102,7 +109,7 @@ class Conv2D(nn.Module):
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: int = 1
-  padding: str = 'VALID'  # VALID | SAME (flax's: output ceil(size / stride))
+  padding: str = 'VALID'  # VALID | SAME (flax's: output ceil(size / stride)) | HALF (conv2d)
   feature_group_count: int = 1
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -138,6 +145,9 @@ def batch_norm(train: bool, dtype: Any, name: str | None = None,
 
   Training normalises with the statistics of the batch the step sees, so with the trainer's
   micro-batching that is each micro-batch ("ghost" batch norm; see config `ghost_batch_norm`).
+  One difference from PyTorch (flax's): the running variance averages the biased batch variance,
+  PyTorch's the unbiased one, n / (n - 1) larger for n = B*H*W values per channel
+  (tests/test_references.py).
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,

@@ -20,9 +20,11 @@ and parameters, fewer early strides, so that the last feature map is not 1x1.
 - ShuffleNetV2: the stem conv has stride 1 and the 3x3/2 max-pool is dropped. Total 8.
 `small_input=False` keeps the papers' strides (total 32: 224 -> 7).
 
-Padding is 'SAME' (TensorFlow's: at stride 2 the odd pixel of padding goes after), where torchvision
-pads 1 on each side; the parameters are the same. Every conv has no bias and is followed by
-BatchNorm (running statistics in 'batch_stats', as models/resnet.py); Kaiming fan-out init.
+A k x k conv pads k // 2 on each side, as torchvision (`padding='HALF'` of models/layers.py; not
+TensorFlow's 'SAME', which at stride 2 pads only after). MobileNetV2 and ShuffleNetV2 with
+`small_input=False` compute torchvision's function with its weights copied in
+(tests/test_references.py). Every conv has no bias and is followed by BatchNorm (running
+statistics in 'batch_stats', as models/resnet.py); Kaiming fan-out init.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     groups = x.shape[-1] if self.depthwise else 1  # Depthwise: kernel [k, k, 1, C].
-    x = Conv2D(self.features, (self.kernel_size,) * 2, strides=self.strides, padding='SAME',
+    x = Conv2D(self.features, (self.kernel_size,) * 2, strides=self.strides, padding='HALF',
                feature_group_count=groups, use_bias=False, kernel_init=kaiming_normal,
                impl=self.conv_impl, dtype=self.dtype, name='conv')(x)
     x = batch_norm(train, self.dtype, name='bn')(x)

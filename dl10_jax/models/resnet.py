@@ -10,7 +10,10 @@ Two families share the blocks:
 
 BatchNorm keeps running statistics in the 'batch_stats' collection (the train state's
 `model_state`): batch statistics in training, the running averages in eval. Convolutions have no
-bias (BN follows each) and Kaiming-normal fan-out init, as torchvision.
+bias (BN follows each) and Kaiming-normal fan-out init, as torchvision; a k x k conv pads k // 2
+on each side, as torchvision and the paper's Caffe models (not TensorFlow's 'SAME', which at
+stride 2 pads only after: a different function on even sizes). The ImageNet models compute
+torchvision's function with its weights copied in (tests/test_references.py).
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class ResNet(nn.Module):
     if self.shortcut == 'pad' and self.style == 'imagenet':
       raise ConfigError("model.shortcut='pad' is for CIFAR ResNets; ImageNet ResNets use "
                         "'projection'")
-    conv = functools.partial(Conv2D, padding='SAME', use_bias=False, kernel_init=kaiming_normal,
+    conv = functools.partial(Conv2D, padding='HALF', use_bias=False, kernel_init=kaiming_normal,
                              impl=self.conv_impl, dtype=self.dtype)
     if self.style == 'imagenet':
       x = conv(64, (7, 7), strides=2, name='stem')(x)

@@ -6,7 +6,8 @@ eval, 'group' (which of `splits.eval_groups`, e.g. a length) and 'mask'. The dec
 `config.beam_size` > 1 and `config.length_penalty`) and reports:
 
   eval_loss, eval_token_accuracy (teacher-forced, per target token), eval_exact_match (the
-  decoded sequence equals the target, EOS and pads included): of the first group;
+  decoded sequence equals the target up to and including its EOS, `exact_match`): of the first
+  group;
   the same with a suffix `_<group>` for each further group (e.g. eval_exact_match_len32).
 """
 
@@ -28,6 +29,14 @@ from dl10_jax.train.supervised import Supervised
 def decoder_input(target: jax.Array, bos_id: int = algorithmic.BOS) -> jax.Array:
   """[B, T] targets -> [B, T] decoder inputs: BOS, then the target shifted right."""
   return jnp.concatenate([jnp.full_like(target[:, :1], bos_id), target[:, :-1]], axis=1)
+
+
+def exact_match(decoded: jax.Array, target: jax.Array, eos_id: int = algorithmic.EOS) -> jax.Array:
+  """[B] bool: each decoded sequence [B, T] equals its target up to and including the target's
+  first EOS; what follows that EOS counts for nothing. An early, late or missing EOS is wrong."""
+  is_eos = (target == eos_id).astype(jnp.int32)
+  after_eos = jnp.cumsum(is_eos, axis=1) - is_eos > 0
+  return ((decoded == target) | after_eos).all(axis=1)
 
 
 class Seq2Seq(Supervised):
@@ -67,7 +76,7 @@ class Seq2Seq(Supervised):
     weights = (target != 0).astype(jnp.float32)
     token_loss = (token_losses(logits, target) * weights).sum(1)  # [B]
     token_correct = ((logits.argmax(-1) == target) * weights).sum(1)
-    exact = (self.decode(variables, source, target.shape[1]) == target).all(1)
+    exact = exact_match(self.decode(variables, source, target.shape[1]), target)
     group = batch.get('group', jnp.zeros(source.shape[0], jnp.int32))
     sums = {}
     for g in range(len(self.groups)):  # Scalars per group: the loop adds sums up by name.
