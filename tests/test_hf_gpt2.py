@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, metric_events, run_main, run_module
+from conftest import ROOT, metric_events, run_main
 from dl10_jax import config_recipes, models
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import decoding, gpt, hf_gpt2
+from dl10_jax.train.trainer import restore_run
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -238,8 +239,8 @@ def test_gpt2_presets_have_gpt2s_parameter_counts(size, count):
 
 
 def test_fine_tune_through_main_then_sample_and_export(ckpt, tmp_path, caplog):
-  """init_from=hf:DIR on any GPT config: the checkpoint's shape and tokenizer; `sample` and the
-  export read the run; transformers decodes the exported weights as `sample` does."""
+  """init_from=hf:DIR on any GPT config: the checkpoint's shape and tokenizer; sampling and the
+  export read the run; transformers decodes the exported weights as the run does."""
   text_file = tmp_path / 'corpus.txt'
   text_file.write_text(TEXT, encoding='utf-8')
   workdir = tmp_path / 'run'
@@ -247,7 +248,7 @@ def test_fine_tune_through_main_then_sample_and_export(ckpt, tmp_path, caplog):
       '--config', 'configs/gpt.py:smoke', '--workdir', str(workdir),
       f'--config.init_from=hf:{ckpt.path}', '--config.dataset.name=text_file',
       f'--config.dataset.path={text_file}', '--config.num_train_steps=4',
-      '--config.warmup_steps=1', '--config.learning_rate=1e-3')
+      '--config.warmup_steps=1', '--config.learning_rate=1e-3', '--config.mesh.data=1')
   assert result.returncode == 0, result.stderr
   assert 'the model takes the checkpoint\'s shape: block_size 32 -> 64' in caplog.text
   saved = json.loads((workdir / 'config.json').read_text())
@@ -259,9 +260,13 @@ def test_fine_tune_through_main_then_sample_and_export(ckpt, tmp_path, caplog):
   assert tokenizer_lib.from_json((workdir / 'tokenizer.json').read_text()).kind == 'gpt2'
   assert sorted(metric_events(workdir, 'eval_loss')) == [0, 4]
 
-  greedy = run_module('dl10_jax.sample', '--workdir', str(workdir), '--prompt', 'The quick',
-                      '--max_new_tokens', '12', '--temperature', '0', timeout=120)
-  assert greedy.returncode == 0, greedy.stderr
+  # What `python -m dl10_jax.sample --workdir ... --temperature 0` runs (sample.sample_text; its
+  # flags cannot be defined beside main's in this process): the run's model and tokenizer.
+  exp, state = restore_run(workdir, jax.devices()[:1])
+  prompt = exp.splits.tokenizer.encode('The quick')
+  greedy = decoding.generate(exp.objective.model, state.params, jnp.asarray(prompt),
+                             max_new_tokens=12, temperature=0.0)
+  sampled = 'The quick' + exp.splits.tokenizer.decode(np.asarray(greedy[0]))
 
   export = importlib.util.spec_from_file_location('export_hf', ROOT / 'scripts' / 'export_hf.py')
   module = importlib.util.module_from_spec(export)
@@ -274,7 +279,8 @@ def test_fine_tune_through_main_then_sample_and_export(ckpt, tmp_path, caplog):
   with torch.no_grad():
     continued = tuned.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                max_new_tokens=12, eos_token_id=None, pad_token_id=ckpt.eos)
-  assert greedy.stdout == tok.decode(continued[0]) + '\n'
+  assert continued[0, len(prompt):].tolist() == np.asarray(greedy[0]).tolist()
+  assert sampled == tok.decode(continued[0])
   changed = any(not torch.equal(tuned.state_dict()[k], v)
                 for k, v in ckpt.model.state_dict().items())
   assert changed  # Four steps of fine-tuning moved the weights.
