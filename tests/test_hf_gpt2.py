@@ -35,34 +35,27 @@ MIXED = ('Hello  wörld\n\nnew<|endoftext|> 42 😀\n  x \n\n\n y\t\tz 1234567 \
          "It's 3.14159 — ünïcödé, 東京!\n\n\n")
 
 
-def _train_tokenizer(text: str) -> 'tokenizers.Tokenizer':
-  from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
-  hf = tokenizers.Tokenizer(tok_models.BPE())
-  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  hf.decoder = decoders.ByteLevel()
-  hf.train_from_iterator([text], trainers.BpeTrainer(
-      vocab_size=400, special_tokens=[tokenizer_lib.GPT2_EOS], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  return hf
+def _script(name: str) -> types.ModuleType:
+  """scripts/NAME.py as a module."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture(scope='module')
 def ckpt(tmp_path_factory):
-  """A tiny random GPT-2 as save_pretrained writes it, with vocab.json + merges.txt."""
+  """A tiny GPT-2 as scripts/make_tiny_gpt2.py writes it (transformers' save_pretrained and a BPE
+  trained here), every tensor then perturbed: biases and LayerNorms start at 0 and 1."""
   path = tmp_path_factory.mktemp('tiny_gpt2')
-  tok = _train_tokenizer(TEXT)
-  tok.model.save(str(path))  # vocab.json, merges.txt
-  eos = tok.token_to_id(tokenizer_lib.GPT2_EOS)
-  torch.manual_seed(0)
-  config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64,
-                                   vocab_size=tok.get_vocab_size(), bos_token_id=eos,
-                                   eos_token_id=eos)
-  model = transformers.GPT2LMHeadModel(config).eval()
+  model = _script('make_tiny_gpt2').make(path, TEXT, layers=2, width=32, heads=2, positions=64,
+                                         vocab_size=400)
   with torch.no_grad():
     for p in model.parameters():
       p.add_(0.1 * torch.randn_like(p))
   model.save_pretrained(path)
-  return types.SimpleNamespace(path=path, model=model, vocab=tok.get_vocab_size(), eos=eos)
+  return types.SimpleNamespace(path=path, model=model, vocab=model.config.vocab_size,
+                               eos=model.config.eos_token_id)
 
 
 @pytest.fixture(scope='module')
@@ -125,8 +118,11 @@ def test_export_then_from_pretrained_is_bit_exact(ckpt, loaded, tmp_path):
 
 
 def test_tokenizer_ids_equal_transformers_and_round_trip(ckpt, tmp_path):
-  ours = tokenizer_lib.Gpt2Tokenizer.from_pretrained(ckpt.path)  # vocab.json + merges.txt
-  theirs = transformers.AutoTokenizer.from_pretrained(ckpt.path)
+  # From vocab.json + merges.txt (the older files) here, tokenizer.json below.
+  tokenizers.Tokenizer.from_file(str(ckpt.path / 'tokenizer.json')).model.save(str(tmp_path))
+  shutil.copy(ckpt.path / 'config.json', tmp_path)
+  ours = tokenizer_lib.Gpt2Tokenizer.from_pretrained(tmp_path)
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
   for text in (MIXED, TEXT[:3000], ' \n', '\n\nx', 'a\n\nb'):
     ids = ours.encode(text)
     assert ids.dtype == np.int32 and ids.tolist() == theirs(text)['input_ids'], repr(text)
@@ -135,13 +131,15 @@ def test_tokenizer_ids_equal_transformers_and_round_trip(ckpt, tmp_path):
   restored = tokenizer_lib.from_json(ours.to_json())  # As a run saves and restores it.
   assert restored == ours and restored.kind == 'gpt2'
   assert restored.encode(MIXED).tolist() == ours.encode(MIXED).tolist()
-  # Exported (tokenizer.json + tokenizer_config.json), read by both libraries, and by us again.
-  ours.save_pretrained(tmp_path)
-  shutil.copy(ckpt.path / 'config.json', tmp_path)
+  # Saved (tokenizer.json + tokenizer_config.json), read by both libraries, and by us again.
+  out = tmp_path / 'saved'
+  out.mkdir()
+  ours.save_pretrained(out)
+  shutil.copy(ckpt.path / 'config.json', out)
   want = ours.encode(MIXED).tolist()
-  assert transformers.AutoTokenizer.from_pretrained(tmp_path)(MIXED)['input_ids'] == want
-  assert tokenizers.Tokenizer.from_file(str(tmp_path / 'tokenizer.json')).encode(MIXED).ids == want
-  assert tokenizer_lib.Gpt2Tokenizer.from_pretrained(tmp_path).encode(MIXED).tolist() == want
+  assert transformers.AutoTokenizer.from_pretrained(out)(MIXED)['input_ids'] == want
+  assert tokenizers.Tokenizer.from_file(str(out / 'tokenizer.json')).encode(MIXED).ids == want
+  assert tokenizer_lib.Gpt2Tokenizer.from_pretrained(out).encode(MIXED).tolist() == want
   with pytest.raises(ConfigError, match='read from a Hugging Face GPT-2 checkpoint'):
     tokenizer_lib.build('gpt2', 'text')
 
@@ -268,11 +266,8 @@ def test_fine_tune_through_main_then_sample_and_export(ckpt, tmp_path, caplog):
                              max_new_tokens=12, temperature=0.0)
   sampled = 'The quick' + exp.splits.tokenizer.decode(np.asarray(greedy[0]))
 
-  export = importlib.util.spec_from_file_location('export_hf', ROOT / 'scripts' / 'export_hf.py')
-  module = importlib.util.module_from_spec(export)
-  export.loader.exec_module(module)
   out = tmp_path / 'exported'
-  module.export(workdir, out)
+  _script('export_hf').export(workdir, out)
   tuned = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
   tok = transformers.AutoTokenizer.from_pretrained(out)
   ids = tok('The quick', return_tensors='pt')['input_ids']

@@ -117,13 +117,16 @@ class BpeTokenizer(Tokenizer):
     self.eos_id = self._hf.token_to_id(GPT2_EOS)  # GPT-2's end of text, where it is a token.
 
   @classmethod
-  def build(cls, text: str, vocab_size: int) -> 'BpeTokenizer':
+  def build(cls, text: str, vocab_size: int,
+            special_tokens: tuple[str, ...] = ()) -> 'BpeTokenizer':
+    """Trained on `text`; `special_tokens` (e.g. GPT-2's end of text) take the first ids."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     lines = text.splitlines(keepends=True)
     hf.train_from_iterator((''.join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)),
