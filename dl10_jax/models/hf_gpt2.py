@@ -135,6 +135,9 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f'init_from={config.init_from} holds GPT-2 weights, which model.name=gpt '
                       f'takes, not {config.model.name!r}')
   fields = model_fields(path)
+  if config.dataset.block_size > fields['block_size']:
+    raise ConfigError(f'dataset.block_size={config.dataset.block_size} is longer than the '
+                      f'{fields["block_size"]} positions of {path}; use at most that')
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked; the block sizes now apart.
   changed = [f'{k} {config.model.get(k)} -> {v}' for k, v in fields.items()
              if config.model.get(k) != v and not (k == 'vocab_size' and config.model.get(k) == -1)]
@@ -142,9 +145,6 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     logging.warning('init_from=%s: the model takes the checkpoint\'s shape: %s', config.init_from,
                     ', '.join(changed))
   config.model.update(fields)
-  if config.dataset.block_size > fields['block_size']:
-    raise ConfigError(f'dataset.block_size={config.dataset.block_size} is longer than the '
-                      f'{fields["block_size"]} positions of {path}; use at most that')
   config.dataset.tokenizer = Gpt2Tokenizer.kind
   return config
 
