@@ -140,6 +140,12 @@ def test_tokenizer_ids_equal_transformers_and_round_trip(ckpt, tmp_path):
   assert transformers.AutoTokenizer.from_pretrained(out)(MIXED)['input_ids'] == want
   assert tokenizers.Tokenizer.from_file(str(out / 'tokenizer.json')).encode(MIXED).ids == want
   assert tokenizer_lib.Gpt2Tokenizer.from_pretrained(out).encode(MIXED).tolist() == want
+  # A bpe run's tokenizer exports the same way (line by line it has the same ids).
+  bpe = tokenizer_lib.build('bpe', TEXT, 300)
+  bpe.save_pretrained(out)
+  line = MIXED.splitlines()[-1]
+  assert transformers.AutoTokenizer.from_pretrained(out)(line)['input_ids'] == \
+      bpe.encode(line).tolist()
   with pytest.raises(ConfigError, match='read from a Hugging Face GPT-2 checkpoint'):
     tokenizer_lib.build('gpt2', 'text')
 
