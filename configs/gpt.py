@@ -16,14 +16,25 @@ Variants (comma-separated, e.g. `:bpe,smoke`):
   finetune   the comedies only (validation: a-midsummer-night-s-dream), from a pre-trained run:
              --config.init_from=runs/gpt_pretrain; step 0 logs the loss before fine-tuning.
   hf_text    a local Hugging Face dataset: --config.dataset.path=DIR (dl10_jax/data/hf_text.py).
+  gpt2, gpt2-medium, gpt2-large, gpt2-xl
+             GPT-2's sizes (124M, 355M, 774M, 1.56B with its 50,257 tokens): learned positions,
+             LayerNorm epsilon 1e-5, 1,024 tokens of context.
   smoke      a seconds-long run, for tests.
+
+Any variant starts from a Hugging Face GPT-2 checkpoint with --config.init_from=hf:DIR: the
+model's shape and tokenizer are then the checkpoint's (dl10_jax/models/hf_gpt2.py), e.g.
+  python -m dl10_jax.main --config configs/gpt.py --workdir runs/gpt2_ft \
+      --config.init_from=hf:DIR --config.dataset.name=text_file --config.dataset.path=FILE
 """
+
+import functools
 
 import ml_collections
 
 from dl10_jax import config_lib, config_recipes, sweeps
 
-VARIANTS = ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune', 'hf_text')
+VARIANTS = ('smoke', 'large', 'mini', 'bpe', 'pretrain', 'finetune', 'hf_text',
+            *config_recipes.GPT2_SIZES)
 # What `python -m dl10_jax.sweep` compares the points by: validation nats per token (per
 # character with the char tokenizer), lower is better.
 SWEEP_METRIC = 'eval_loss'
@@ -33,7 +44,9 @@ SWEEP_MODE = 'min'
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, VARIANTS)
   variants = {'large': _large, 'mini': _mini, 'bpe': _bpe, 'pretrain': _pretrain,
-              'finetune': _finetune, 'hf_text': _hf_text, 'smoke': _smoke}  # In this order: smoke shrinks the rest.
+              'finetune': _finetune, 'hf_text': _hf_text,
+              **{size: functools.partial(_gpt2, size) for size in config_recipes.GPT2_SIZES},
+              'smoke': _smoke}  # In this order: smoke shrinks the rest.
   return config_lib.apply_variants(_recipe(), args, variants)
 
 
@@ -51,6 +64,7 @@ def _model(block_size: ml_collections.FieldReference) -> ml_collections.ConfigDi
       'dropout_rate': 0.0,  # Short runs on 4.4 M characters do not overfit.
       'attention_impl': 'auto',  # CPU: blocked causal attention; GPU: cuDNN for bf16.
       'remat': 'none',  # none | full | dots | dots_no_batch: recompute blocks in the backward.
+      'layer_norm_epsilon': 1e-6,  # flax's default; GPT-2's is 1e-5 (the gpt2 variants).
   })
 
 
@@ -99,6 +113,11 @@ def _mini(config: ml_collections.ConfigDict) -> None:
   config.dataset.block_size = 256  # The model's too: one reference.
   config.batch_size = 16
   config.learning_rate = 1e-3
+
+
+def _gpt2(size: str, config: ml_collections.ConfigDict) -> None:
+  """GPT-2 of one of its four sizes; the block size is the dataset's too (one reference)."""
+  config.model.update(config_recipes.GPT_SIZES[size], **config_recipes.GPT2_MODEL)
 
 
 def _hf_text(config: ml_collections.ConfigDict) -> None:

@@ -145,7 +145,7 @@ def language_model_dataset(name: str = 'shakespeare_char') -> ml_collections.Con
   """Dataset fields of the text language-modelling datasets (dl10_jax/data/text.py)."""
   return ml_collections.ConfigDict({
       'name': name,
-      'tokenizer': 'char',  # char | byte | bpe
+      'tokenizer': 'char',  # char | byte | bpe (gpt2: set by init_from=hf:DIR)
       'vocab_size': 0,  # bpe only: the size of the vocabulary trained on the training split.
       'block_size': 128,  # Tokens of context; a training example is block_size + 1 tokens.
       # shakespeare_char: comma-separated genres to keep (empty: all 38 plays; with genres, each

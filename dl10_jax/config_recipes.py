@@ -10,13 +10,21 @@ import ml_collections
 
 from dl10_jax import config_lib
 
-# Named GPT sizes: (num_layers, width, num_heads). 'gpt2' is GPT-2 small (124M with vocab 50,257).
+# Named GPT sizes: (num_layers, width, num_heads). The 'gpt2*' ones are GPT-2's four (Radford et
+# al. 2019; Hugging Face's names), with vocabulary 50,257 and 1,024 positions: 124,439,808,
+# 354,823,168, 774,030,080 and 1,557,611,200 parameters (tests/test_hf_gpt2.py).
 GPT_SIZES = {
     'baby': dict(num_layers=4, width=128, num_heads=4),  # ~0.8 M parameters at char level.
     'mini': dict(num_layers=6, width=384, num_heads=6),  # 10.8 M.
     'gpt2': dict(num_layers=12, width=768, num_heads=12),
     'gpt2-medium': dict(num_layers=24, width=1024, num_heads=16),
+    'gpt2-large': dict(num_layers=36, width=1280, num_heads=20),
+    'gpt2-xl': dict(num_layers=48, width=1600, num_heads=25),
 }
+GPT2_SIZES = tuple(name for name in GPT_SIZES if name.startswith('gpt2'))
+# What GPT-2 has besides its size (models/gpt.py's defaults differ): learned positions, LayerNorm
+# epsilon 1e-5, a context of 1,024 tokens.
+GPT2_MODEL = dict(positions='learned', layer_norm_epsilon=1e-5, block_size=1024)
 
 
 def _recurrent_model(**fields: object) -> ml_collections.ConfigDict:

@@ -21,3 +21,9 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
   """Raises the one-line ConfigError for a field whose value is not one of `allowed`."""
   if value not in allowed:
     raise ConfigError(f'{name}={value!r} is not supported; allowed: {", ".join(allowed)}')
+
+
+def describe(error: BaseException) -> str:
+  """'Type: the first line of its message': a library's error inside a one-line message."""
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__

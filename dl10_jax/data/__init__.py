@@ -18,8 +18,8 @@ __all__ = ['Splits', 'Tokenizer', 'eval_batches', 'load', 'train_iterator']
 def load(config: ml_collections.ConfigDict, saved_tokenizer: Tokenizer | None = None) -> Splits:
   """The train and eval sources `config` (the `dataset` sub-config) names.
 
-  Text datasets are tokenized by `saved_tokenizer` (a resumed run's) if given, else by one built
-  from the training split.
+  Text datasets are tokenized by `saved_tokenizer` (a resumed run's, or a pretrained checkpoint's)
+  if given, else by one built from the training split.
   """
   if not config.name:
     raise ConfigError('dataset.name is empty; set it to an image dataset '

@@ -56,6 +56,7 @@ class Block(nn.Module):
   positions: str = 'learned'
   dropout_rate: float = 0.0
   attention_impl: str = 'xla'
+  layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -65,14 +66,14 @@ class Block(nn.Module):
         num_heads=self.num_heads, attention_impl=self.attention_impl,
         dropout_rate=self.dropout_rate, out_init=init, dtype=self.dtype, name='attn',
         rotate=layers.rotary if self.positions == 'rotary' else None)
-    h = nn.LayerNorm(dtype=self.dtype, name='ln1')(x)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='ln1')(x)
     if cache is None:
       x = x + attn(h, causal=True, train=train)
     else:
       y, cache = attn(h, train=train, cache=cache, start=start)
       x = x + y
     x = x + layers.MLP(init, self.mlp_ratio, self.dropout_rate, self.dtype, name='mlp')(
-        nn.LayerNorm(dtype=self.dtype, name='ln2')(x), train)
+        nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='ln2')(x), train)
     return x, cache
 
 
@@ -88,6 +89,8 @@ class GPT(nn.Module):
   dropout_rate: float = 0.0
   attention_impl: str = 'xla'
   remat: str = 'none'  # none | full | dots | dots_no_batch (layers.REMAT_POLICIES)
+  # flax's default; GPT-2 (and its Hugging Face checkpoints, models/hf_gpt2.py) uses 1e-5.
+  layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -100,9 +103,10 @@ class GPT(nn.Module):
     self.drop = nn.Dropout(self.dropout_rate)
     block = layers.remat(Block, self.remat, static_argnums=(2,))  # train
     self.blocks = [block(self.num_heads, self.num_layers, self.mlp_ratio, self.positions,
-                         self.dropout_rate, self.attention_impl, self.dtype, name=f'block{i}')
+                         self.dropout_rate, self.attention_impl, self.layer_norm_epsilon,
+                         self.dtype, name=f'block{i}')
                    for i in range(self.num_layers)]
-    self.ln_f = nn.LayerNorm(dtype=self.dtype)
+    self.ln_f = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype)
 
   def _embed(self, tokens: jax.Array, start: jax.Array | int, train: bool) -> jax.Array:
     x = self.wte(tokens)

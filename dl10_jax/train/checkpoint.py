@@ -20,6 +20,7 @@ from absl import logging
 from etils import epath
 
 from dl10_jax.errors import ConfigError, UserError
+from dl10_jax.models import hf_gpt2
 from dl10_jax.train.sharding import path_name
 
 
@@ -173,20 +174,26 @@ def _step_dir(path: epath.Path) -> epath.Path | None:
 
 def load_params(path: str | os.PathLike, fresh: Any, reinit: str = '',
                 collection: str = 'params') -> Any:
-  """`fresh` with every parameter replaced by the one saved in the run at `path`.
+  """`fresh` with every parameter replaced by the one saved in the run at `path`, or in the
+  Hugging Face GPT-2 checkpoint of `hf:DIR` (models/hf_gpt2.py).
 
   Parameters whose path matches the regex `reinit` keep their fresh value (a new head). Any other
   missing or differently shaped parameter is an error naming it. `collection='model_state'` loads
   the model's other variables (BatchNorm running statistics) the same way.
   """
-  step_dir = _step_dir(resolve_path(path))
+  hf_dir = hf_gpt2.directory(str(path))
+  step_dir = _step_dir(resolve_path(path)) if hf_dir is None else hf_dir
   if step_dir is None:
     raise ConfigError(f'init_from={str(path)!r} holds no checkpoint; pass a workdir, its '
-                      'checkpoints directory or one step directory of a trained run')
+                      'checkpoints directory or one step directory of a trained run, or '
+                      f'{hf_gpt2.PREFIX}DIR for a Hugging Face GPT-2 checkpoint')
   if not jax.tree.leaves(fresh):
     return fresh
-  saved = ocp.StandardCheckpointer().restore(step_dir / 'state')[collection]
-  flat_saved = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  if hf_dir is not None:  # GPT-2 has parameters only: no other collection reaches here.
+    flat_saved = hf_gpt2.read_params(hf_dir)
+  else:
+    saved = ocp.StandardCheckpointer().restore(step_dir / 'state')[collection]
+    flat_saved = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
   pattern = re.compile(reinit) if reinit else None
 
   def pick(key_path, x):

@@ -26,6 +26,7 @@ from etils import epath
 from dl10_jax import config_lib, data, models, runtime
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError, TrainingDiverged
+from dl10_jax.models import hf_gpt2
 from dl10_jax.train import (checkpoint, make_objective, optim, preemption, profiling, pruning,
                             sharding, throughput)
 from dl10_jax.train.checkpoint import Checkpointer
@@ -101,11 +102,14 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
                      workdir: str | os.PathLike | None = None) -> Experiment:
   """Mesh, data sources, model + objective, optimizer and the compiled steps for `config`.
 
-  A text dataset is tokenized with the tokenizer saved in `workdir` if the run has one.
+  A text dataset is tokenized with the tokenizer saved in `workdir` if the run has one, else with
+  that of an init_from=hf:DIR checkpoint, whose model shape the config then takes.
   """
   runtime.enable_compilation_cache(config.get('compilation_cache_dir', ''))
   mesh = sharding.make_mesh(config.mesh, devices)
-  splits = data.load(config.dataset, saved_tokenizer(workdir))
+  config = hf_gpt2.configure(config)
+  splits = data.load(config.dataset,
+                     saved_tokenizer(workdir) or hf_gpt2.tokenizer(config.init_from))
   config = config_lib.finalize(config, len(splits.train), sharding.batch_shards(mesh),
                                mesh.devices.flat[0].platform)
   _resolve_model_fields(config, splits)
@@ -387,6 +391,7 @@ def restore_run(workdir: str | os.PathLike,
   workdir = checkpoint.resolve_path(workdir)
   config = run_config(workdir)
   config.progress_bar = False
+  config.init_from = ''  # Its own checkpoint replaces what it started from (which may be gone).
   exp = build_experiment(config, devices, workdir)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   try:
