@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 import statistics
 import sys
@@ -47,6 +48,9 @@ from dl10_jax.models import recurrent  # noqa: E402
 _KERNEL = flags.DEFINE_enum('kernel', 'attention', ['attention', 'lstm'],
                              'Which section to run.')
 _ITERS = flags.DEFINE_integer('iters', 20, 'Timed calls per measurement (the median is kept).')
+_CALLS = flags.DEFINE_string(
+    'calls_jsonl', '', 'Append every timed call (seconds; the dropped compile call marked) to this '
+    'JSON-lines file, one line per measurement, so that a table can be rebuilt from all calls.')
 _TOKENS = flags.DEFINE_integer('tokens', 16384, 'Attention: B * T.')
 _WIDTH = flags.DEFINE_integer('width', 1024, 'Attention: H * D (heads = width / head dim).')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['512', '1024', '2048', '4096', '8192'],
@@ -67,14 +71,21 @@ _LSTM_BLOCKS = flags.DEFINE_list(
     '(e.g. 16x4; batch rows per program, num_warps): a sweep for `choose_blocks`.')
 
 
-def timed(fn: Callable, *args) -> float:
-  """Median seconds per call of a jitted fn, after one untimed call (compilation)."""
+def timed(fn: Callable, *args, label: str = '') -> float:
+  """Median seconds per call of a jitted fn over every timed call. One call before them is dropped
+  (it compiles); with --calls_jsonl every call, the dropped one included, goes to the log."""
+  start = time.perf_counter()
   jax.block_until_ready(fn(*args))
+  dropped = time.perf_counter() - start
   times = []
   for _ in range(_ITERS.value):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
+  if _CALLS.value:
+    with open(_CALLS.value, 'a', encoding='utf-8') as f:
+      f.write(json.dumps({'measurement': label, 'device': _device(), 'seconds': times,
+                          'dropped': {'seconds': dropped, 'why': 'compilation'}}) + '\n')
   return statistics.median(times)
 
 
@@ -147,8 +158,9 @@ def bench_attention() -> None:
       for name, f in impls.items():
         loss = lambda q, k, v, f=f: jnp.sum(f(q, k, v).astype(jnp.float32))
         try:
-          fwd = timed(jax.jit(f), q, k, v)
-          both = timed(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v)
+          fwd = timed(jax.jit(f), q, k, v, label=f'{name} T{t} D{d} fwd')
+          both = timed(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))), q, k, v,
+                       label=f'{name} T{t} D{d} fwd+bwd')
         except Exception as e:  # noqa: BLE001 - one impl failing must not stop the table.
           print(f'{name:>15} {t:>6} {d:>4} {b:>4} {h:>3}  n/a: {type(e).__name__}: '
                 f'{str(e).splitlines()[0][:90]}')
@@ -229,8 +241,9 @@ def bench_lstm() -> None:
       for name, f in impls.items():
         loss = lambda x, params, f=f: jnp.sum(f(x, params).astype(jnp.float32))
         try:
-          fwd = timed(jax.jit(f), x, params)
-          both = timed(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), x, params)
+          fwd = timed(jax.jit(f), x, params, label=f'{name} H{h} T{t} fwd')
+          both = timed(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), x, params,
+                       label=f'{name} H{h} T{t} fwd+bwd')
         except Exception as e:  # noqa: BLE001 - one impl failing must not stop the table.
           print(f'{name:>6} {h:>5} {t:>5}  n/a: {type(e).__name__}: '
                 f'{str(e).splitlines()[0][:90]}')

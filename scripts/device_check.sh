@@ -77,10 +77,11 @@ if [ "$tiny" = 1 ]; then  # The CPU interprets the kernels: only the table's pat
   skip_step lstm 'tiny mode: the interpreted LSTM takes ~15 s on a CPU (tests/test_lstm_kernel.py)'
 else
   run_step attention kernels.log "${ATTENTION_S:-35}" "$py" scripts/bench_kernels.py \
-    --kernel attention --seq_lens "${SEQ_LENS:-1024}" --head_dims "${HEAD_DIMS:-128}" --iters 20
+    --kernel attention --seq_lens "${SEQ_LENS:-1024}" --head_dims "${HEAD_DIMS:-128}" --iters 20 \
+    --calls_jsonl "$out/kernel_calls.jsonl"
   # float32 at H 128: cuDNN's LSTM takes no bf16 (jax 0.11.2), the fused kernel no fp32 past 128.
   run_step lstm kernels.log "${LSTM_S:-25}" "$py" scripts/bench_kernels.py --kernel lstm \
     --hiddens "${HIDDENS:-128}" --lstm_seq_lens "${LSTM_SEQ_LENS:-256}" \
-    --lstm_dtype "${LSTM_DTYPE:-float32}" --iters 20
+    --lstm_dtype "${LSTM_DTYPE:-float32}" --iters 20 --calls_jsonl "$out/kernel_calls.jsonl"
 fi
 timeout 10 "$py" scripts/device_summary.py "$out"

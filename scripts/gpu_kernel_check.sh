@@ -16,6 +16,6 @@ python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.
 timeout "${TEST_S:-180}" python3 -m pytest -q -m gpu -p no:cacheprovider -rA \
   tests/test_flash_attention.py tests/test_lstm_kernel.py 2>&1 | tee "$out/tests.log"
 timeout "${ATTENTION_S:-200}" python3 scripts/bench_kernels.py --kernel attention \
-  --seq_lens "${SEQ_LENS:-1024,4096}" --iters 10 2>&1 | tee "$out/attention.log"
+  --seq_lens "${SEQ_LENS:-1024,4096}" --iters 10 --calls_jsonl "$out/calls.jsonl" 2>&1 | tee "$out/attention.log"
 timeout "${LSTM_S:-150}" python3 scripts/bench_kernels.py --kernel lstm \
-  --lstm_seq_lens "${LSTM_SEQ_LENS:-256,1024}" --iters 10 2>&1 | tee "$out/lstm.log"
+  --lstm_seq_lens "${LSTM_SEQ_LENS:-256,1024}" --iters 10 --calls_jsonl "$out/calls.jsonl" 2>&1 | tee "$out/lstm.log"
