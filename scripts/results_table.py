@@ -1,0 +1,188 @@
+"""Writes the README's results table from the committed raw records, so no figure outlives its run.
+
+    python scripts/results_table.py          # rewrite the table in README.md
+    python scripts/results_table.py --check  # exit 1 if README.md differs from the records
+
+Each figure in the table is read from a record directory under experiments/ (written by
+scripts/record_run.py: command.txt, config.json, metrics.jsonl, record.json). A row's text names
+its records through `Records`: `r.lstm.eval_loss` is the last logged eval_loss of the record
+aliased 'lstm', `r.lstm.wall` its wall time, `r.lstm.link` a link to the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Callable
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BEGIN = '<!-- results table: written by scripts/results_table.py from experiments/*/runs -->'
+END = '<!-- end of results table -->'
+
+RECORDS = {  # alias -> record directory under experiments/
+    'cnn': 'cnn/runs/cnn_2026-12-07',
+    'rnn_lm': 'rnn/runs/rnn_lm_2026-12-07',
+    'lstm': 'lstm/runs/lstm_2026-12-07',
+    'gpt': 'gpt/runs/make_run_2026-12-07',
+    'resnet20': 'resnet/runs/resnet20_2026-12-07',
+    'mobilenet_v1': 'lightweight/runs/mobilenet_v1_2026-12-07',
+}
+
+
+class Figure(float):
+  """A number with the table's formats: `pct` (93.63 %), `min` (26.5 min), `mins` (10 min 57 s)."""
+
+  def __format__(self, spec: str) -> str:
+    if spec.startswith('pct'):
+      return f'{100 * self:.{spec[3:] or 2}f} %'
+    if spec == 'min':
+      return f'{self / 60:.1f} min'
+    if spec == 'mins':
+      return f'{int(self // 60)} min {int(self % 60)} s'
+    if spec == 'int':
+      return f'{int(self):,}'
+    return format(float(self), spec)
+
+
+@dataclasses.dataclass
+class Record:
+  """One run's raw record; attributes are the last logged value of a metric."""
+  path: pathlib.Path  # experiments/<family>/runs/<name>
+  rows: list[dict]
+  info: dict
+
+  @classmethod
+  def load(cls, path: pathlib.Path) -> 'Record':
+    missing = [n for n in ('command.txt', 'config.json', 'metrics.jsonl', 'record.json')
+               if not (path / n).exists()]
+    if missing:
+      raise SystemExit(f'{path}: the raw record lacks {", ".join(missing)}')
+    rows = [json.loads(l) for l in (path / 'metrics.jsonl').read_text().splitlines() if l.strip()]
+    return cls(path, rows, json.loads((path / 'record.json').read_text()))
+
+  def __getattr__(self, metric: str) -> Figure:
+    values = [row[metric] for row in self.rows if metric in row]
+    if not values:
+      raise SystemExit(f'{self.path}: no {metric!r} in metrics.jsonl')
+    return Figure(values[-1])
+
+  @property
+  def steps(self) -> Figure:
+    return Figure(max(row['step'] for row in self.rows))
+
+  @property
+  def wall(self) -> Figure:
+    return Figure(self.info['wall_seconds'])
+
+  @property
+  def shared(self) -> str:
+    """' (machine shared)' where the record's note says other work ran beside it."""
+    return ' (machine shared)' if 'shared' in self.info.get('note', '') else ''
+
+  @property
+  def epochs(self) -> int:
+    return int(self.config['num_epochs'])
+
+  @property
+  def config(self) -> dict:
+    return json.loads((self.path / 'config.json').read_text())
+
+  @property
+  def link(self) -> str:
+    return f'[raw record]({self.path.relative_to(ROOT).as_posix()}/)'
+
+
+class Records:
+  def __init__(self, experiments: pathlib.Path):
+    self._records = {alias: Record.load(experiments / rel) for alias, rel in RECORDS.items()}
+
+  def __getattr__(self, alias: str) -> Record:
+    return self._records[alias]
+
+
+def met(target: str, ok: bool) -> str:
+  return f'{target}: {"met" if ok else "missed"}'
+
+
+@dataclasses.dataclass
+class Row:
+  algorithm: str
+  config: str
+  result: Callable[[Records], str]  # The "result" cell, from the records.
+  page: str  # experiments/<page>: what the table does not hold.
+
+
+ROWS = [
+    Row('CNN (seed: 2 conv + pool + 2 dense)', '`configs/cnn.py`', lambda r: (
+        f'Fashion-MNIST **{r.cnn.eval_accuracy:pct}** test accuracy after '
+        f'{r.cnn.epochs} epochs, {r.cnn.wall:min}{r.cnn.shared} ({r.cnn.link})'), 'cnn'),
+    Row('RNN (Elman, tanh)', '`configs/rnn.py`', lambda r: (
+        f'char LM **{r.rnn_lm.eval_loss:.3f} nats/char** on held-out plays in {r.rnn_lm.wall:min}'
+        f'{r.rnn_lm.shared} ({r.rnn_lm.link}); genre and row-sequential Fashion-MNIST on the page'), 'rnn'),
+    Row('LSTM', '`configs/lstm.py`', lambda r: (
+        f'char LM **{r.lstm.eval_loss:.3f} nats/char** on 3 held-out plays, '
+        f'{r.lstm.steps:int} steps in {r.lstm.wall:min} '
+        f'({met("target 1.42 in 30 min", r.lstm.eval_loss <= 1.42 and r.lstm.wall <= 1800)}; '
+        f'{r.lstm.link})'), 'lstm'),
+    Row('Transformer', '`configs/transformer.py`, `configs/seq2seq.py`',
+        lambda r: 'no raw record yet; figures on the page', 'transformer'),
+    Row('GAN', '`configs/gan.py`', lambda r: 'no raw record yet; figures on the page', 'gan'),
+    Row('GPT (decoder-only)', '`configs/gpt.py`', lambda r: (
+        f'`make run` on a fresh clone: **{r.gpt.eval_loss:.4f} nats/char** on 3 held-out plays, '
+        f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '
+        f'({met("target 1.47 in 15 min", r.gpt.eval_loss <= 1.47 and r.gpt.wall <= 900)}; '
+        f'{r.gpt.link})'), 'gpt'),
+    Row('Diffusion model', '`configs/diffusion.py`',
+        lambda r: 'no raw record yet; figures on the page', 'diffusion'),
+    Row('Attention (soft and hard)', '`configs/attention.py`',
+        lambda r: 'no raw record yet; figures on the page', 'attention'),
+    Row('ResNet', '`configs/resnet.py`', lambda r: (
+        f'ResNet-20 on Fashion-MNIST **{r.resnet20.eval_accuracy:pct}** after '
+        f'{r.resnet20.epochs} epochs in {r.resnet20.wall:min}{r.resnet20.shared} '
+        f'({met("target 93.5 % in 30 min", r.resnet20.eval_accuracy >= 0.935 and r.resnet20.wall <= 1800)}; '
+        f'{r.resnet20.link})'), 'resnet'),
+    Row('Lightweight networks (MobileNet family)', '`configs/mobilenet.py`', lambda r: (
+        f'MobileNetV1 α = 0.35 on Fashion-MNIST **{r.mobilenet_v1.eval_accuracy:pct}** after '
+        f'{r.mobilenet_v1.epochs} epochs in {r.mobilenet_v1.wall:min}{r.mobilenet_v1.shared} '
+        f'({r.mobilenet_v1.link})'), 'lightweight'),
+]
+
+
+def render(experiments: pathlib.Path = ROOT / 'experiments') -> str:
+  records = Records(experiments)
+  lines = [BEGIN, '| # | Algorithm | Config | Result (from its raw record) | More |',
+           '|---|---|---|---|---|']
+  for i, row in enumerate(ROWS, 1):
+    page = f'[experiments/{row.page}](experiments/{row.page}/README.md)'
+    lines.append(f'| {i} | {row.algorithm} | {row.config} | {row.result(records)} | {page} |')
+  return '\n'.join(lines + [END])
+
+
+def replace_table(readme: str, table: str) -> str:
+  start, end = readme.index(BEGIN), readme.index(END) + len(END)
+  return readme[:start] + table + readme[end:]
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--check', action='store_true', help='fail if README.md is out of date')
+  args = parser.parse_args()
+  readme = (ROOT / 'README.md').read_text()
+  if BEGIN not in readme or END not in readme:
+    raise SystemExit(f'README.md lacks the markers {BEGIN!r} ... {END!r}')
+  updated = replace_table(readme, render())
+  if args.check:
+    if updated != readme:
+      print('README.md: the results table differs from the raw records; run '
+            'python scripts/results_table.py', file=sys.stderr)
+      return 1
+    return 0
+  (ROOT / 'README.md').write_text(updated)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
