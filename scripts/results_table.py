@@ -51,17 +51,19 @@ class Figure(float):
 class Record:
   """One run's raw record; attributes are the last logged value of a metric."""
   path: pathlib.Path  # experiments/<family>/runs/<name>
+  rel: str  # <family>/runs/<name>
   rows: list[dict]
   info: dict
 
   @classmethod
-  def load(cls, path: pathlib.Path) -> 'Record':
+  def load(cls, experiments: pathlib.Path, rel: str) -> 'Record':
+    path = experiments / rel
     missing = [n for n in ('command.txt', 'config.json', 'metrics.jsonl', 'record.json')
                if not (path / n).exists()]
     if missing:
       raise SystemExit(f'{path}: the raw record lacks {", ".join(missing)}')
     rows = [json.loads(l) for l in (path / 'metrics.jsonl').read_text().splitlines() if l.strip()]
-    return cls(path, rows, json.loads((path / 'record.json').read_text()))
+    return cls(path, rel, rows, json.loads((path / 'record.json').read_text()))
 
   def __getattr__(self, metric: str) -> Figure:
     values = [row[metric] for row in self.rows if metric in row]
@@ -92,12 +94,12 @@ class Record:
 
   @property
   def link(self) -> str:
-    return f'[raw record]({self.path.relative_to(ROOT).as_posix()}/)'
+    return f'[raw record](experiments/{self.rel}/)'
 
 
 class Records:
   def __init__(self, experiments: pathlib.Path):
-    self._records = {alias: Record.load(experiments / rel) for alias, rel in RECORDS.items()}
+    self._records = {alias: Record.load(experiments, rel) for alias, rel in RECORDS.items()}
 
   def __getattr__(self, alias: str) -> Record:
     return self._records[alias]
