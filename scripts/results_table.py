@@ -26,6 +26,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'cnn': 'cnn/runs/cnn_2026-12-07',
     'rnn_lm': 'rnn/runs/rnn_lm_2026-12-07',
     'lstm': 'lstm/runs/lstm_2026-12-07',
+    'dcgan': 'gan/runs/dcgan_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'resnet20': 'resnet/runs/resnet20_2026-12-07',
     'mobilenet_v1': 'lightweight/runs/mobilenet_v1_2026-12-07',
@@ -131,7 +132,13 @@ ROWS = [
         f'{r.lstm.link})'), 'lstm'),
     Row('Transformer', '`configs/transformer.py`, `configs/seq2seq.py`',
         lambda r: 'no raw record yet; figures on the page', 'transformer'),
-    Row('GAN', '`configs/gan.py`', lambda r: 'no raw record yet; figures on the page', 'gan'),
+    Row('GAN', '`configs/gan.py`', lambda r: (
+        f'DCGAN on Fashion-MNIST, {r.dcgan.epochs} epochs in {r.dcgan.wall:min}{r.dcgan.shared}: '
+        f'2,000 EMA samples score classifier-FID **{r.dcgan.eval_classifier_fid:.2f}** (own '
+        f'classifier, not Inception), mean confidence {r.dcgan.eval_classifier_confidence:.3f} '
+        f'({met("target 0.8 in 30 min", r.dcgan.eval_classifier_confidence >= 0.8 and r.dcgan.wall <= 1800)}), '
+        f'class histogram within {r.dcgan.eval_class_histogram_ratio:.2f}x of uniform '
+        f'({r.dcgan.link})'), 'gan'),
     Row('GPT (decoder-only)', '`configs/gpt.py`', lambda r: (
         f'`make run` on a fresh clone: **{r.gpt.eval_loss:.4f} nats/char** on 3 held-out plays, '
         f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '
