@@ -28,6 +28,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'lstm': 'lstm/runs/lstm_2026-12-07',
     'dcgan': 'gan/runs/dcgan_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
+    'ddpm': 'diffusion/runs/ddpm_2026-12-07',
     'resnet20': 'resnet/runs/resnet20_2026-12-07',
     'mobilenet_v1': 'lightweight/runs/mobilenet_v1_2026-12-07',
 }
@@ -144,8 +145,12 @@ ROWS = [
         f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '
         f'({met("target 1.47 in 15 min", r.gpt.eval_loss <= 1.47 and r.gpt.wall <= 900)}; '
         f'{r.gpt.link})'), 'gpt'),
-    Row('Diffusion model', '`configs/diffusion.py`',
-        lambda r: 'no raw record yet; figures on the page', 'diffusion'),
+    Row('Diffusion model', '`configs/diffusion.py`', lambda r: (
+        f'DDPM (U-Net, cosine schedule, Min-SNR-5, EMA) on Fashion-MNIST, {r.ddpm.steps:int} steps '
+        f'in {r.ddpm.wall:min}{r.ddpm.shared}: 1,000 DDIM-50 samples score classifier-FID '
+        f'**{r.ddpm.eval_classifier_fid:.2f}**, confidence {r.ddpm.eval_classifier_confidence:.3f} '
+        f'({met("target below the DCGAN in 60 min", r.ddpm.eval_classifier_fid < r.dcgan.eval_classifier_fid and r.ddpm.wall <= 3600)}; '
+        f'{r.ddpm.link})'), 'diffusion'),
     Row('Attention (soft and hard)', '`configs/attention.py`',
         lambda r: 'no raw record yet; figures on the page', 'attention'),
     Row('ResNet', '`configs/resnet.py`', lambda r: (
