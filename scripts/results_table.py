@@ -26,6 +26,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'cnn': 'cnn/runs/cnn_2026-12-07',
     'rnn_lm': 'rnn/runs/rnn_lm_2026-12-07',
     'lstm': 'lstm/runs/lstm_2026-12-07',
+    's2s_reverse': 'transformer/runs/s2s_reverse_2026-12-07',
     'dcgan': 'gan/runs/dcgan_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
@@ -131,8 +132,12 @@ ROWS = [
         f'{r.lstm.steps:int} steps in {r.lstm.wall:min} '
         f'({met("target 1.42 in 30 min", r.lstm.eval_loss <= 1.42 and r.lstm.wall <= 1800)}; '
         f'{r.lstm.link})'), 'lstm'),
-    Row('Transformer', '`configs/transformer.py`, `configs/seq2seq.py`',
-        lambda r: 'no raw record yet; figures on the page', 'transformer'),
+    Row('Transformer', '`configs/transformer.py`, `configs/seq2seq.py`', lambda r: (
+        f'encoder-decoder reversing digit strings: **{r.s2s_reverse.eval_exact_match:pct1}** exact '
+        f'match after {r.s2s_reverse.steps:int} steps, {r.s2s_reverse.wall:min}{r.s2s_reverse.shared}; '
+        f'at 1.5x the training length {r.s2s_reverse.eval_token_accuracy_len24:pct1} of tokens '
+        f'(sinusoidal positions; {r.s2s_reverse.link}); sort, add, rotary positions and the '
+        'encoder classifier on the page'), 'transformer'),
     Row('GAN', '`configs/gan.py`', lambda r: (
         f'DCGAN on Fashion-MNIST, {r.dcgan.epochs} epochs in {r.dcgan.wall:min}{r.dcgan.shared}: '
         f'2,000 EMA samples score classifier-FID **{r.dcgan.eval_classifier_fid:.2f}** (own '
