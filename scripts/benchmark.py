@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 
@@ -34,8 +33,8 @@ from ml_collections import config_flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from step_timing import (apply_overrides, jax_matmul_flops, jax_step_throughput,  # noqa: E402
-                         torch_step_seconds)
+from step_timing import (apply_overrides, cpu_name, jax_matmul_flops,  # noqa: E402
+                         jax_step_throughput, torch_step_seconds)
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cnn.py', 'Experiment config.')
 _STEPS = flags.DEFINE_integer('steps', 100, 'Timed steps per measurement.')
@@ -56,16 +55,6 @@ _PROFILE = flags.DEFINE_string('profile', '', 'Directory to write a jax.profiler
                                'timed JAX calls to (several variants: one subdirectory each).')
 
 
-def _cpu_name() -> str:
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
-
-
 def _tokens_per_example(config) -> int:
   return config.dataset.block_size if config.objective == 'language_model' else 0
 
@@ -77,7 +66,7 @@ def main(argv):
   config = _CONFIG.value
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()}'
   if jax.default_backend() == 'cpu':
-    device = f'{_cpu_name()}, {os.cpu_count()} cores'
+    device = f'{cpu_name()}, {os.cpu_count()} cores'
   peak = jax_matmul_flops()
   # PyTorch is timed before and after JAX (its speed drifts between runs); the median is over
   # the calls of both passes.

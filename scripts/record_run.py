@@ -30,17 +30,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / 'scripts'))
+from step_timing import cpu_name  # noqa: E402  (no JAX: its imports are the standard library's)
 TCMALLOC = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4'
-
-
-def _cpu_model() -> str:
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
 
 
 def _commit() -> str:
@@ -92,7 +84,7 @@ def main() -> int:
       'wall_seconds': round(wall, 1), 'user_seconds': round(usage.ru_utime, 1),
       'system_seconds': round(usage.ru_stime, 1), 'exit_status': proc.returncode,
       'allocator': 'tcmalloc' if env.get('LD_PRELOAD') else 'glibc',
-      'machine': f'{_cpu_model()}, {os.cpu_count()} cores', 'note': args.note,
+      'machine': f'{cpu_name()}, {os.cpu_count()} cores', 'note': args.note,
       'python': platform.python_version()}, indent=1) + '\n')
   print(f'{record}: exit {proc.returncode}, {wall / 60:.1f} min')
   return proc.returncode

@@ -9,12 +9,24 @@ import ast
 import contextlib
 import os
 import pathlib
+import platform
 import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def cpu_name() -> str:
+  """The CPU's model name, which a timing is only comparable within."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
 
 
 def apply_overrides(config, variant: str):
