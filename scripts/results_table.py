@@ -84,9 +84,14 @@ class Record:
     return Figure(self.info['wall_seconds'])
 
   @property
-  def shared(self) -> str:
-    """' (machine shared)' where the record's note says other work ran beside it."""
-    return ' (machine shared)' if 'shared' in self.info.get('note', '') else ''
+  def took(self) -> str:
+    """The wall time, and ' (machine shared)' where the note says other work ran beside it."""
+    shared = 'shared' in self.info.get('note', '')
+    return f'{self.wall:min}' + (' (machine shared)' if shared else '')
+
+  def target(self, goal: str, ok: bool, minutes: int) -> str:
+    """'target <goal> in N min: met' if `ok` held within the time budget, else '...: missed'."""
+    return met(f'target {goal} in {minutes} min', ok and self.wall <= 60 * minutes)
 
   @property
   def epochs(self) -> int:
@@ -124,54 +129,54 @@ class Row:
 ROWS = [
     Row('CNN (seed: 2 conv + pool + 2 dense)', '`configs/cnn.py`', lambda r: (
         f'Fashion-MNIST **{r.cnn.eval_accuracy:pct}** test accuracy after '
-        f'{r.cnn.epochs} epochs, {r.cnn.wall:min}{r.cnn.shared} ({r.cnn.link})'), 'cnn'),
+        f'{r.cnn.epochs} epochs, {r.cnn.took} ({r.cnn.link})'), 'cnn'),
     Row('RNN (Elman, tanh)', '`configs/rnn.py`', lambda r: (
-        f'char LM **{r.rnn_lm.eval_loss:.3f} nats/char** on held-out plays in {r.rnn_lm.wall:min}'
-        f'{r.rnn_lm.shared} ({r.rnn_lm.link}); genre and row-sequential Fashion-MNIST on the page'), 'rnn'),
+        f'char LM **{r.rnn_lm.eval_loss:.3f} nats/char** on held-out plays in {r.rnn_lm.took}'
+        f' ({r.rnn_lm.link}); genre and row-sequential Fashion-MNIST on the page'), 'rnn'),
     Row('LSTM', '`configs/lstm.py`', lambda r: (
         f'char LM **{r.lstm.eval_loss:.3f} nats/char** on 3 held-out plays, '
-        f'{r.lstm.steps:int} steps in {r.lstm.wall:min} '
-        f'({met("target 1.42 in 30 min", r.lstm.eval_loss <= 1.42 and r.lstm.wall <= 1800)}; '
+        f'{r.lstm.steps:int} steps in {r.lstm.took} '
+        f'({r.lstm.target("1.42", r.lstm.eval_loss <= 1.42, 30)}; '
         f'{r.lstm.link})'), 'lstm'),
     Row('Transformer', '`configs/transformer.py`, `configs/seq2seq.py`', lambda r: (
         f'encoder-decoder reversing digit strings: **{r.s2s_reverse.eval_exact_match:pct1}** exact '
-        f'match after {r.s2s_reverse.steps:int} steps, {r.s2s_reverse.wall:min}{r.s2s_reverse.shared}; '
+        f'match after {r.s2s_reverse.steps:int} steps, {r.s2s_reverse.took}; '
         f'at 1.5x the training length {r.s2s_reverse.eval_token_accuracy_len24:pct1} of tokens '
         f'(sinusoidal positions; {r.s2s_reverse.link}); sort, add, rotary positions and the '
         'encoder classifier on the page'), 'transformer'),
     Row('GAN', '`configs/gan.py`', lambda r: (
-        f'DCGAN on Fashion-MNIST, {r.dcgan.epochs} epochs in {r.dcgan.wall:min}{r.dcgan.shared}: '
+        f'DCGAN on Fashion-MNIST, {r.dcgan.epochs} epochs in {r.dcgan.took}: '
         f'2,000 EMA samples score classifier-FID **{r.dcgan.eval_classifier_fid:.2f}** (own '
         f'classifier, not Inception), mean confidence {r.dcgan.eval_classifier_confidence:.3f} '
-        f'({met("target 0.8 in 30 min", r.dcgan.eval_classifier_confidence >= 0.8 and r.dcgan.wall <= 1800)}), '
+        f'({r.dcgan.target("0.8", r.dcgan.eval_classifier_confidence >= 0.8, 30)}), '
         f'class histogram within {r.dcgan.eval_class_histogram_ratio:.2f}x of uniform '
         f'({r.dcgan.link})'), 'gan'),
     Row('GPT (decoder-only)', '`configs/gpt.py`', lambda r: (
         f'`make run` on a fresh clone: **{r.gpt.eval_loss:.4f} nats/char** on 3 held-out plays, '
         f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '
-        f'({met("target 1.47 in 15 min", r.gpt.eval_loss <= 1.47 and r.gpt.wall <= 900)}; '
+        f'({r.gpt.target("1.47", r.gpt.eval_loss <= 1.47, 15)}; '
         f'{r.gpt.link})'), 'gpt'),
     Row('Diffusion model', '`configs/diffusion.py`', lambda r: (
         f'DDPM (U-Net, cosine schedule, Min-SNR-5, EMA) on Fashion-MNIST, {r.ddpm.steps:int} steps '
-        f'in {r.ddpm.wall:min}{r.ddpm.shared}: 1,000 DDIM-50 samples score classifier-FID '
+        f'in {r.ddpm.took}: 1,000 DDIM-50 samples score classifier-FID '
         f'**{r.ddpm.eval_classifier_fid:.2f}**, confidence {r.ddpm.eval_classifier_confidence:.3f} '
-        f'({met("target below the DCGAN in 60 min", r.ddpm.eval_classifier_fid < r.dcgan.eval_classifier_fid and r.ddpm.wall <= 3600)}; '
+        f'({r.ddpm.target("below the DCGAN", r.ddpm.eval_classifier_fid < r.dcgan.eval_classifier_fid, 60)}; '
         f'{r.ddpm.link})'), 'diffusion'),
     Row('Attention (soft and hard)', '`configs/attention.py`', lambda r: (
         f'soft attention over a 15x15 grid on translated Fashion-MNIST (60x60 canvas): '
         f'**{r.attention_soft.eval_accuracy:pct}** after {r.attention_soft.epochs} epochs in '
-        f'{r.attention_soft.wall:min}{r.attention_soft.shared} '
-        f'({met("target 87 % in 30 min", r.attention_soft.eval_accuracy >= 0.87 and r.attention_soft.wall <= 1800)}; '
+        f'{r.attention_soft.took} '
+        f'({r.attention_soft.target("87 %", r.attention_soft.eval_accuracy >= 0.87, 30)}; '
         f'{r.attention_soft.link}); hard attention (top-k, Gumbel, REINFORCE) on the page'),
         'attention'),
     Row('ResNet', '`configs/resnet.py`', lambda r: (
         f'ResNet-20 on Fashion-MNIST **{r.resnet20.eval_accuracy:pct}** after '
-        f'{r.resnet20.epochs} epochs in {r.resnet20.wall:min}{r.resnet20.shared} '
-        f'({met("target 93.5 % in 30 min", r.resnet20.eval_accuracy >= 0.935 and r.resnet20.wall <= 1800)}; '
+        f'{r.resnet20.epochs} epochs in {r.resnet20.took} '
+        f'({r.resnet20.target("93.5 %", r.resnet20.eval_accuracy >= 0.935, 30)}; '
         f'{r.resnet20.link})'), 'resnet'),
     Row('Lightweight networks (MobileNet family)', '`configs/mobilenet.py`', lambda r: (
         f'MobileNetV1 α = 0.35 on Fashion-MNIST **{r.mobilenet_v1.eval_accuracy:pct}** after '
-        f'{r.mobilenet_v1.epochs} epochs in {r.mobilenet_v1.wall:min}{r.mobilenet_v1.shared} '
+        f'{r.mobilenet_v1.epochs} epochs in {r.mobilenet_v1.took} '
         f'({r.mobilenet_v1.link})'), 'lightweight'),
 ]
 
