@@ -237,6 +237,25 @@ def test_rotary_is_the_roformer_rotation_of_split_halves():
                              _rotary_reference(x, positions, 'interleaved'), atol=1e-5)
 
 
+@pytest.mark.parametrize('shape,start', [((2, 7, 3, 8), 0), ((1, 128, 4, 32), 0),
+                                         ((3, 5, 2, 64), 1000)])
+def test_rotary_static_positions_equal_traced_ones(shape, start):
+  """Positions known at trace time become constant cos/sin tables (no trigonometry left in the
+  step), exact to float32 at any position; they equal the traced float32 computation in value
+  and in the gradient with respect to x (within its angle error at large positions)."""
+  x, g = jax.random.normal(jax.random.PRNGKey(0), (2, *shape))
+  static = start + np.arange(shape[1])
+  assert 'cos' not in jax.jit(lambda x: rotary(x, static)).lower(x).as_text()
+  assert 'cos' in jax.jit(rotary).lower(x, jnp.asarray(static)).as_text()
+  exact = _rotary_reference(np.asarray(x[0, :, 0], np.float64), static, 'halves')
+  np.testing.assert_allclose(rotary(x, static)[0, :, 0], exact, rtol=1e-6, atol=1e-6)
+  tolerance = 1e-6 + 3e-7 * (start + shape[1])  # The traced path's float32 angles drift.
+  loss = lambda x, p: (rotary(x, p) * g).sum()
+  for fn in (rotary, jax.grad(loss)):
+    np.testing.assert_allclose(jax.jit(lambda x: fn(x, static))(x),
+                               jax.jit(fn)(x, jnp.asarray(static)), atol=tolerance)
+
+
 def test_rotary_scores_depend_only_on_the_offset():
   """q . k of positions (m, n) equals that of (m + s, n + s), and changes with n - m."""
   q, k = np.random.default_rng(1).normal(size=(2, 1, 1, 1, 16)).astype(np.float32)

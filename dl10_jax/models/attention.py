@@ -36,6 +36,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dl10_jax import runtime
 from dl10_jax.errors import ConfigError, check_choice
@@ -306,9 +307,10 @@ class MultiHeadAttention(nn.Module):
     width = inputs_q.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
     q, k, v = self.project(inputs_q, inputs_kv, kv_heads, head_dim)
-    if self.rotate is not None:
-      q = self.rotate(q, start + jnp.arange(q.shape[1]))
-      k = self.rotate(k, start + jnp.arange(k.shape[1]))
+    if self.rotate is not None:  # Static positions (an int start) make constant tables.
+      arange = np.arange if isinstance(start, int) else jnp.arange
+      q = self.rotate(q, start + arange(q.shape[1]))
+      k = self.rotate(k, start + arange(k.shape[1]))
     if cache is not None:  # Write this chunk at `start`, attend to everything written up to it.
       cache = {name: jax.lax.dynamic_update_slice(cache[name], x.astype(cache[name].dtype),
                                                   (0, start, 0, 0))

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from dl10_jax.errors import ConfigError, check_choice
@@ -193,12 +194,23 @@ max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 # --- Transformer building blocks. ---
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T]."""
+def rotary(x: jax.Array, positions: jax.Array | np.ndarray, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) of x [B, T, H, D] at positions [T].
+
+  Positions known at trace time (a NumPy array: training, a prompt at a fixed offset) give
+  constant cos/sin tables. Traced ones (decoding) are computed in the step in float32: XLA:CPU
+  fuses that into the elementwise rotation, evaluating cos and sin once per element of x (B x H
+  times too often) in the forward and again in the backward, and float32 angles drift by ~1e-4
+  at position 1,000.
+  """
   half = x.shape[-1] // 2
-  freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
-  cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+  if isinstance(positions, np.ndarray):  # float64 tables: exact to float32 at any position.
+    angles = positions[:, None] * base ** (-np.arange(half) / half)
+    cos, sin = (np.asarray(f(angles), np.float32)[None, :, None, :] for f in (np.cos, np.sin))
+  else:
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, D/2]
+    cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).astype(x.dtype)
 

@@ -1,0 +1,123 @@
+"""The kernels under every family's step, JAX (XLA:CPU) against PyTorch (oneDNN) on this CPU.
+
+  python scripts/cpu_kernel_gap.py --out experiments/benchmarks/kernel_gap.jsonl
+
+A family's step can be no faster than its matmuls and convolutions, so this times them alone, at
+the shapes the families use: float32 matmuls (GPT's projections, the LSTM's recurrent step and its
+weight gradient, a square 2048³), and ResNet-20's 3x3 convolutions split into forward, input
+gradient and weight gradient. Each figure is the median over `--repeats` calls (each call runs the
+kernel enough times to take ~0.1 s); every call's time goes to --out, one JSON line per kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from step_timing import cpu_name  # noqa: E402
+
+_OUT = flags.DEFINE_string('out', '', 'JSON-lines file to append every call to (empty: none).')
+_REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed calls per kernel and side.')
+
+# (name, m, k, n) of `[m, k] @ [k, n]`.
+MATMULS = (('square', 2048, 2048, 2048),
+           ('gpt default qkv (B*T=4096, 128 -> 384)', 4096, 128, 384),
+           ('gpt mini mlp (B*T=4096, 384 -> 1536)', 4096, 384, 1536),
+           ('lstm step (B=32, 512 -> 4*512)', 32, 512, 2048),
+           ('lstm dW_hh (T*B=4096)', 512, 4096, 2048))
+# (name, batch, size, channels) of ResNet-20's 3x3 stride-1 convolutions.
+CONVS = (('resnet-20 stage 1', 64, 28, 16), ('resnet-20 stage 2', 64, 14, 32),
+         ('resnet-20 stage 3', 64, 7, 64))
+
+
+def _calls_ms(fn, repeats: int) -> list[float]:
+  """Milliseconds per run of fn (which blocks), for each of `repeats` calls of ~0.1 s each."""
+  fn()
+  start = time.perf_counter()
+  fn()
+  runs = max(1, int(0.1 / max(time.perf_counter() - start, 1e-6)))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(runs):
+      fn()
+    times.append((time.perf_counter() - start) / runs * 1e3)
+  return times
+
+
+def jax_kernels() -> dict:
+  import jax
+  import jax.numpy as jnp
+  from dl10_jax.models.layers import conv2d
+
+  key = jax.random.PRNGKey(0)
+  out = {}
+  for name, m, k, n in MATMULS:
+    a, b = jax.random.normal(key, (m, k)), jax.random.normal(key, (k, n))
+    matmul = jax.jit(jnp.matmul)
+    out[f'matmul {name}'] = lambda a=a, b=b, f=matmul: f(a, b).block_until_ready()
+  for name, batch, size, ch in CONVS:
+    x = jax.random.normal(key, (batch, size, size, ch))
+    w = jax.random.normal(key, (3, 3, ch, ch)) * 0.1
+    conv = lambda x, w: conv2d(x, w, 'xla', 1, 'HALF')  # noqa: E731
+    dy = conv(x, w)
+    fwd = jax.jit(conv)
+    dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+    dw = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    out[f'conv {name} forward'] = lambda x=x, w=w, f=fwd: f(x, w).block_until_ready()
+    out[f'conv {name} input grad'] = lambda x=x, w=w, dy=dy, f=dx: f(x, w, dy).block_until_ready()
+    out[f'conv {name} weight grad'] = lambda x=x, w=w, dy=dy, f=dw: f(x, w, dy).block_until_ready()
+  return out
+
+
+def torch_kernels() -> dict:
+  import torch
+  torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
+  out = {}
+  for name, m, k, n in MATMULS:
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out[f'matmul {name}'] = lambda a=a, b=b: a @ b
+  for name, batch, size, ch in CONVS:  # NCHW, as the twins (scripts/torch_twins.py).
+    x, w = torch.randn(batch, ch, size, size), torch.randn(ch, ch, 3, 3) * 0.1
+    dy = torch.nn.functional.conv2d(x, w, padding=1)
+    grad = torch.nn.grad
+    out[f'conv {name} forward'] = lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1)
+    out[f'conv {name} input grad'] = lambda x=x, w=w, dy=dy: grad.conv2d_input(
+        x.shape, w, dy, padding=1)
+    out[f'conv {name} weight grad'] = lambda x=x, w=w, dy=dy: grad.conv2d_weight(
+        x, w.shape, dy, padding=1)
+  return out
+
+
+def main(argv):
+  del argv
+  import jax
+  import torch
+  sides = {'jax': jax_kernels(), 'torch': torch_kernels()}
+  versions = {'jax': jax.__version__, 'torch': torch.__version__}
+  print(f'{cpu_name()}; jax {versions["jax"]}, torch {versions["torch"]}; medians over '
+        f'{_REPEATS.value} calls\n')
+  print('| kernel | jax ms | torch ms | jax / torch speed |\n|---|---|---|---|')
+  for kernel in sides['jax']:
+    medians = {}
+    for side, kernels in sides.items():
+      calls = _calls_ms(kernels[kernel], _REPEATS.value)
+      medians[side] = statistics.median(calls)
+      if _OUT.value:
+        with open(_OUT.value, 'a') as f:
+          f.write(json.dumps({'kernel': kernel, 'side': side, 'version': versions[side],
+                              'cpu': cpu_name(), 'ms_per_run_calls': calls}) + '\n')
+    print(f'| {kernel} | {medians["jax"]:.3f} | {medians["torch"]:.3f} | '
+          f'{medians["torch"] / medians["jax"]:.2f}x |', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
