@@ -31,6 +31,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
     'attention_soft': 'attention/runs/soft_2026-12-07',
+    'attention_topk': 'attention/runs/topk_2026-12-07',
     'resnet20': 'resnet/runs/resnet20_half_2026-12-07',
     'mobilenet_v1': 'lightweight/runs/mobilenet_v1_2026-12-07',
 }
@@ -167,7 +168,10 @@ ROWS = [
         f'**{r.attention_soft.eval_accuracy:pct}** after {r.attention_soft.epochs} epochs in '
         f'{r.attention_soft.took} '
         f'({r.attention_soft.target("87 %", r.attention_soft.eval_accuracy >= 0.87, 30)}; '
-        f'{r.attention_soft.link}); hard attention (top-k, Gumbel, REINFORCE) on the page'),
+        f'{r.attention_soft.link}); hard top-k attention reading 4 of 225 locations '
+        f'**{r.attention_topk.eval_accuracy:pct}** in {r.attention_topk.took} '
+        f'({r.attention_topk.target("85 %", r.attention_topk.eval_accuracy >= 0.85, 30)}; '
+        f'{r.attention_topk.link}); Gumbel and REINFORCE on the page'),
         'attention'),
     Row('ResNet', '`configs/resnet.py`', lambda r: (
         f'ResNet-20 on Fashion-MNIST **{r.resnet20.eval_accuracy:pct}** after '
