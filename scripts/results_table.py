@@ -27,6 +27,8 @@ RECORDS = {  # alias -> record directory under experiments/
     'rnn_lm': 'rnn/runs/rnn_lm_2026-12-07',
     'lstm': 'lstm/runs/lstm_2026-12-07',
     's2s_reverse': 'transformer/runs/s2s_reverse_2026-12-07',
+    's2s_add_lsd': 'transformer/runs/s2s_add_lsd_2026-12-07',
+    's2s_reverse_rotary': 'transformer/runs/s2s_reverse_rotary_2026-12-07',
     'dcgan': 'gan/runs/dcgan_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
@@ -143,7 +145,10 @@ ROWS = [
         f'encoder-decoder reversing digit strings: **{r.s2s_reverse.eval_exact_match:pct1}** exact '
         f'match after {r.s2s_reverse.steps:int} steps, {r.s2s_reverse.took}; '
         f'at 1.5x the training length {r.s2s_reverse.eval_token_accuracy_len24:pct1} of tokens '
-        f'(sinusoidal positions; {r.s2s_reverse.link}); sort, add, rotary positions and the '
+        f'(sinusoidal positions; {r.s2s_reverse.link}), '
+        f'{r.s2s_reverse_rotary.eval_token_accuracy_len24:pct1} with rotary positions '
+        f'({r.s2s_reverse_rotary.link}); adding 8-digit numbers written least significant digit '
+        f'first **{r.s2s_add_lsd.eval_exact_match:pct1}** ({r.s2s_add_lsd.link}); sort and the '
         'encoder classifier on the page'), 'transformer'),
     Row('GAN', '`configs/gan.py`', lambda r: (
         f'DCGAN on Fashion-MNIST, {r.dcgan.epochs} epochs in {r.dcgan.took}: '
