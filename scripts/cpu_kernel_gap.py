@@ -12,6 +12,7 @@ kernel enough times to take ~0.1 s); every call's time goes to --out, one JSON l
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -80,7 +81,7 @@ def jax_kernels() -> dict:
 
 def torch_kernels() -> dict:
   import torch
-  torch.set_num_threads(len(__import__('os').sched_getaffinity(0)))
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
   out = {}
   for name, m, k, n in MATMULS:
     a, b = torch.randn(m, k), torch.randn(k, n)
