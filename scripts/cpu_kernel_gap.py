@@ -16,14 +16,13 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from step_timing import cpu_name  # noqa: E402
+from step_timing import call_times, cpu_name  # noqa: E402
 
 _OUT = flags.DEFINE_string('out', '', 'JSON-lines file to append every call to (empty: none).')
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed calls per kernel and side.')
@@ -41,17 +40,8 @@ CONVS = (('resnet-20 stage 1', 64, 28, 16), ('resnet-20 stage 2', 64, 14, 32),
 
 def _calls_ms(fn, repeats: int) -> list[float]:
   """Milliseconds per run of fn (which blocks), for each of `repeats` calls of ~0.1 s each."""
-  fn()
-  start = time.perf_counter()
-  fn()
-  runs = max(1, int(0.1 / max(time.perf_counter() - start, 1e-6)))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(runs):
-      fn()
-    times.append((time.perf_counter() - start) / runs * 1e3)
-  return times
+  runs = max(1, int(0.1 / max(call_times(fn, 2)[-1], 1e-6)))  # The first call compiles.
+  return [t / runs * 1e3 for t in call_times(lambda: [fn() for _ in range(runs)], repeats)]
 
 
 def jax_kernels() -> dict:

@@ -6,8 +6,9 @@ steps, summed per XLA operation kind.
 
 Prints the wall time per step, the time each kind of thunk ran (summed over the runtime's worker
 threads: `ynn_fusion` are YNNPACK's matmuls and convolutions, `*_fusion` XLA's own loops), and the
-busy fraction: thunk time over wall time x the cores this process may use. A busy fraction well under 1 means the step is
-a chain of small operations that leave threads idle, not a slow kernel. Tracing costs a few percent.
+busy fraction: thunk time over wall time x the cores this process may use. A busy fraction well
+under 1 means the step is a chain of small operations that leave cores idle, not a slow kernel.
+Tracing costs a few percent.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'scripts'))
+from step_timing import jax_step_throughput  # noqa: E402  (adds ROOT: the configs import dl10_jax)
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cnn.py', 'Experiment config.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Traced steps of each kind (after 3 untraced ones).')
@@ -61,8 +62,6 @@ def summarise(xspace_file: str, steps: int) -> dict:
 
 def main(argv):
   del argv
-  from step_timing import jax_step_throughput
-
   steps = _STEPS.value
   with tempfile.TemporaryDirectory() as trace_dir:
     # Traces `steps` steps on batches already on the device, then `steps` fed by the input
