@@ -178,7 +178,7 @@ def main(argv: list[str]) -> None:
   cli.quiet_logging()
   import jax
 
-  from dl10_jax.train.trainer import restore_run, run_config
+  from dl10_jax.train.experiment import restore_run, run_config
   with cli.one_line_errors():
     # What the run is decides which flags matter; they are checked before the slow restore.
     kind = _check_flags(run_config(_WORKDIR.value).objective)

@@ -35,7 +35,7 @@ import tensorboardX  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dl10_jax.train import sharding  # noqa: E402
-from dl10_jax.train.trainer import restore_run  # noqa: E402
+from dl10_jax.train.experiment import restore_run  # noqa: E402
 
 CLASSES = ('T-shirt', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
            'Boot')

@@ -3,7 +3,7 @@
   python scripts/export_hf.py --workdir runs/gpt2_ft --out runs/gpt2_ft_hf
   python -c "import transformers as t; t.GPT2LMHeadModel.from_pretrained('runs/gpt2_ft_hf')"
 
-Restores the run's newest checkpoint (trainer.restore_run) and writes its parameters (float32)
+Restores the run's newest checkpoint (experiment.restore_run) and writes its parameters (float32)
 through the name table of dl10_jax/models/hf_gpt2.py, its model fields as GPT2LMHeadModel's
 config.json, and its tokenizer as tokenizer.json + tokenizer_config.json, which
 `transformers.AutoTokenizer` and `tokenizers.Tokenizer.from_file` read. It needs a GPT with
@@ -22,13 +22,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from dl10_jax.data.tokenizer import BpeTokenizer  # noqa: E402
 from dl10_jax.errors import ConfigError, UserError  # noqa: E402
 from dl10_jax.models import hf_gpt2  # noqa: E402
-from dl10_jax.train import trainer  # noqa: E402
+from dl10_jax.train import experiment  # noqa: E402
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path) -> None:
   """Writes the run in `workdir` to the directory `out` as a Hugging Face GPT-2 checkpoint."""
   import jax
-  exp, state = trainer.restore_run(workdir, jax.devices()[:1])
+  exp, state = experiment.restore_run(workdir, jax.devices()[:1])
   if exp.config.model.name != 'gpt':
     raise ConfigError(f'{workdir} holds a {exp.config.model.name!r} model; only gpt runs export '
                       'as GPT-2')

@@ -34,7 +34,7 @@ import plot_metrics  # noqa: E402  (scripts/plot_metrics.py: its metrics.jsonl r
 from dl10_jax import models  # noqa: E402
 from dl10_jax.errors import ConfigError, UserError  # noqa: E402
 from dl10_jax.models import complexity  # noqa: E402
-from dl10_jax.train import trainer  # noqa: E402
+from dl10_jax.train import experiment  # noqa: E402
 
 # One example's shape per image dataset; others need --input_shape.
 INPUT_SHAPES = {'fashion_mnist': (28, 28, 1), 'mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
@@ -70,7 +70,7 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   if not workdir.is_dir():
     raise ConfigError(f'run directory {workdir} does not exist; pass the --workdir of a run of '
                       'dl10_jax.main')
-  return trainer.run_config(workdir)
+  return experiment.run_config(workdir)
 
 
 def run_metrics(workdir: pathlib.Path) -> tuple[float, float]:

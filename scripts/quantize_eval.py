@@ -2,8 +2,8 @@
 
   python scripts/quantize_eval.py --workdir runs/cnn [--json quantized.json]
 
-Restores the run's newest checkpoint (trainer.restore_run) and evaluates the eval split twice with
-the objective's own eval step: on the float32 weights, and on their per-channel int8 quantization
+Restores the run's newest checkpoint (experiment.restore_run) and evaluates the eval split twice
+with the objective's own eval step: on the float32 weights, and on their per-channel int8 quantization
 (dl10_jax/models/quantization.py), whose int8 arrays and scales are the inputs of the jitted step
 and are dequantized inside it. Prints one line per variant: accuracy, loss, model bytes and the
 accuracy drop from float32, in percentage points.
@@ -20,20 +20,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dl10_jax.errors import ConfigError, UserError  # noqa: E402
 from dl10_jax.models import quantization  # noqa: E402
-from dl10_jax.train import trainer  # noqa: E402
+from dl10_jax.train import experiment  # noqa: E402
 
 
 def compare(workdir: str | pathlib.Path) -> dict[str, dict[str, float]]:
   """{'float32': ..., 'int8': ...}, each {accuracy, loss, bytes, accuracy_drop}."""
-  exp, state = trainer.restore_run(workdir)
+  exp, state = experiment.restore_run(workdir)
   if exp.config.objective != 'classification':
     raise ConfigError(f'{workdir} holds a {exp.config.objective!r} run; this script evaluates '
                       'classification runs (accuracy)')
   qparams = quantization.quantize(state.params)
   int8_step = quantization.quantized_eval_step(exp.objective.eval_batch)
   variants = {
-      'float32': (trainer.evaluate(exp, state), quantization.model_bytes(state.params)),
-      'int8': (trainer.evaluate(exp, state, lambda s, batch: int8_step(s, qparams, batch)),
+      'float32': (experiment.evaluate(exp, state), quantization.model_bytes(state.params)),
+      'int8': (experiment.evaluate(exp, state, lambda s, batch: int8_step(s, qparams, batch)),
                quantization.model_bytes(qparams)),
   }
   reference = variants['float32'][0]['eval_accuracy']

@@ -75,7 +75,7 @@ def step_flops(config) -> float:
   count, and recurrent models (a loop over time) need the objective's count.
   """
   import jax
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
   config = apply_overrides(config, 'microbatch_size=0')
   exp = build_experiment(config)
   batch = exp.example_batch()
@@ -95,7 +95,7 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
   there."""
   import jax
   from dl10_jax.train import sharding
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
 
   exp = build_experiment(config)
   it = exp.train_iterator()
@@ -134,7 +134,7 @@ def torch_step_seconds(config, steps: int, warmup: int, repeats: int,
   """Seconds per step of each timed call of the PyTorch twin (scripts/torch_twins.py) of
   `config`'s model, on the same batches."""
   import torch
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
   sys.path.insert(0, str(ROOT / 'scripts'))
   import torch_twins
   torch.set_num_threads(os.cpu_count())

@@ -16,7 +16,8 @@ from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import quantization
 from dl10_jax.train import pruning
-from dl10_jax.train.trainer import restore_run, train_and_evaluate
+from dl10_jax.train.experiment import restore_run
+from dl10_jax.train.trainer import train_and_evaluate
 
 
 SHAPES = {'conv': (3, 3, 4, 8), 'dense': (64, 32), 'odd': (7, 13), 'bias': (32,)}

@@ -22,8 +22,8 @@ from dl10_jax import models
 from dl10_jax.models import diffusion_process as diffusion
 from dl10_jax.models.unet import UNet, timestep_embedding
 from dl10_jax.train import image_quality, sharding
-from dl10_jax.train.trainer import (build_experiment, evaluate, restore_run,
-                                    train_and_evaluate)
+from dl10_jax.train.experiment import build_experiment, evaluate, restore_run
+from dl10_jax.train.trainer import train_and_evaluate
 
 
 # --- The U-Net. ---

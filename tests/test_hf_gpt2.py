@@ -22,7 +22,7 @@ from dl10_jax import config_recipes, models
 from dl10_jax.data import tokenizer as tokenizer_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import decoding, gpt, hf_gpt2
-from dl10_jax.train.trainer import restore_run
+from dl10_jax.train.experiment import restore_run
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')

@@ -11,7 +11,8 @@ from dl10_jax import data
 from dl10_jax.data import augment
 from dl10_jax.errors import ConfigError
 from dl10_jax.models.resnet import ResNet
-from dl10_jax.train.trainer import build_experiment, train_and_evaluate
+from dl10_jax.train.experiment import build_experiment
+from dl10_jax.train.trainer import train_and_evaluate
 
 
 def _count(variables):

@@ -138,7 +138,7 @@ def test_setup_env_refuses_an_old_python_with_one_line(tmp_path):
 _STEP_SCRIPT = '''
 import sys
 import jax, numpy as np
-from dl10_jax.train.trainer import build_experiment
+from dl10_jax.train.experiment import build_experiment
 from dl10_jax.train import sharding
 from configs import {module} as config_module
 

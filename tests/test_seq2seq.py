@@ -9,7 +9,8 @@ from configs import seq2seq as seq2seq_config
 from dl10_jax import data
 from dl10_jax.data import algorithmic
 from dl10_jax.errors import ConfigError
-from dl10_jax.train.trainer import build_experiment, train_and_evaluate
+from dl10_jax.train.experiment import build_experiment
+from dl10_jax.train.trainer import train_and_evaluate
 
 
 def _text(ids):

@@ -15,7 +15,8 @@ from configs import resnet as resnet_config
 from conftest import read_metrics
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import sharding
-from dl10_jax.train.trainer import build_experiment, train_and_evaluate
+from dl10_jax.train.experiment import build_experiment
+from dl10_jax.train.trainer import train_and_evaluate
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]  # (data, fsdp, tensor)
 CONFIGS = {'gpt': gpt_config, 'resnet': resnet_config}

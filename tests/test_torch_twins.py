@@ -45,7 +45,7 @@ def torch_twins():
 
 
 def _experiment(case: str):
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
   name, variant, overrides = CASES[case]
   config = importlib.import_module(f'configs.{name}').get_config(variant)
   config.model.update(overrides)

@@ -13,7 +13,8 @@ from conftest import metric_events, read_metrics, run_until_killed, this_process
 from dl10_jax import data
 from dl10_jax.errors import ConfigError, TrainingDiverged
 from dl10_jax.train import sharding
-from dl10_jax.train.trainer import restore_run, train_and_evaluate
+from dl10_jax.train.experiment import restore_run
+from dl10_jax.train.trainer import train_and_evaluate
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
@@ -141,7 +142,7 @@ def test_resuming_into_another_data_stream_fails_clearly(cnn_smoke_config, tmp_p
 
 def test_microbatched_update_equals_the_whole_batch_update(cnn_smoke_config):
   """Gradient accumulation over chunks of 8 gives the update of the 32-example batch."""
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
   cnn_smoke_config.update(optimizer='sgd', momentum=0.0, learning_rate=1.0)  # params -= grads.
   states = {}
   for size in (0, 8):
@@ -159,7 +160,7 @@ def test_microbatched_update_equals_the_whole_batch_update(cnn_smoke_config):
 
 def test_microbatched_eval_equals_the_whole_batch_eval(cnn_smoke_config):
   """Eval sums over chunks of 8 add up to the 128-example batch's."""
-  from dl10_jax.train.trainer import build_experiment
+  from dl10_jax.train.experiment import build_experiment
   sums = {}
   for size in (0, 8):
     cnn_smoke_config.microbatch_size = size

@@ -234,14 +234,15 @@ def train_classifier(cache_dir: str | None = None, num_steps: int = 1400, batch_
   a few dozen steps. The run (checkpoints, metrics.jsonl) is kept in `run/` of the cache
   directory; a retraining starts it afresh.
   """
-  from dl10_jax.train import trainer  # Here: the trainer imports the objectives, which import us.
+  # Here: the trainer imports the objectives, which import us.
+  from dl10_jax.train import experiment, trainer
   directory = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
   workdir = directory / 'run'
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.perf_counter()
   final = trainer.train_and_evaluate(classifier_config(num_steps, batch_size, seed, learning_rate),
                                      workdir)
-  params = jax.device_get(trainer.restore_run(workdir)[1].params)
+  params = jax.device_get(experiment.restore_run(workdir)[1].params)
   info = {'version': VERSION, 'test_accuracy': float(final['eval_accuracy']),
           'num_steps': num_steps, 'batch_size': batch_size, 'seed': seed,
           'final_train_loss': float(final['train_loss']),  # The mean of the last log interval.
