@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))

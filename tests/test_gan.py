@@ -17,8 +17,8 @@ from configs import gan as gan_config
 from dl10_jax.errors import ConfigError
 from dl10_jax.models import gan
 from dl10_jax.train import gan as gan_objective
-from dl10_jax.train.state import ema_update
 from dl10_jax.train.experiment import build_experiment
+from dl10_jax.train.state import ema_update
 from dl10_jax.train.trainer import train_and_evaluate
 from test_image_quality import classifier_dir  # noqa: F401  (a session fixture)
 

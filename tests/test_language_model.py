@@ -12,8 +12,8 @@ from conftest import metric_events, run_main, run_module
 from dl10_jax import config_lib
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import checkpoint
-from dl10_jax.train.language_model import LanguageModel
 from dl10_jax.train.experiment import restore_run
+from dl10_jax.train.language_model import LanguageModel
 from dl10_jax.train.trainer import train_and_evaluate
 from configs import gpt, lstm, rnn, seq_fmnist
 

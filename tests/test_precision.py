@@ -11,8 +11,8 @@ from conftest import metric_events
 from dl10_jax import config_lib, models, precision
 from dl10_jax.errors import ConfigError
 from dl10_jax.train import loss_scale, sharding
-from dl10_jax.train.gan import GAN
 from dl10_jax.train.experiment import build_experiment
+from dl10_jax.train.gan import GAN
 from dl10_jax.train.trainer import train_and_evaluate
 
 F32 = np.dtype('float32')

@@ -1,5 +1,4 @@
-"""The training loop's host side: metrics kept on the device until a log point, the throughput
-clock, profiles of chosen steps, evals, the progress bar and the metric writer."""
+"""What the training loop does on the host, kept apart so that the loop reads as the algorithm."""
 
 from __future__ import annotations
 
