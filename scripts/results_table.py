@@ -31,6 +31,7 @@ RECORDS = {  # alias -> record directory under experiments/
     's2s_reverse_rotary': 'transformer/runs/s2s_reverse_rotary_2026-12-07',
     'dcgan': 'gan/runs/dcgan_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
+    'gpt_large': 'gpt/runs/gpt_large_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
     'attention_soft': 'attention/runs/soft_2026-12-07',
     'attention_topk': 'attention/runs/topk_2026-12-07',
@@ -161,7 +162,10 @@ ROWS = [
         f'`make run` on a fresh clone: **{r.gpt.eval_loss:.4f} nats/char** on 3 held-out plays, '
         f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '
         f'({r.gpt.target("1.47", r.gpt.eval_loss <= 1.47, 15)}; '
-        f'{r.gpt.link})'), 'gpt'),
+        f'{r.gpt.link}); `:large` (1.8 M parameters) **{r.gpt_large.eval_loss:.4f}** after '
+        f'{r.gpt_large.steps:int} steps in {r.gpt_large.took} '
+        f'({r.gpt_large.target("1.42", r.gpt_large.eval_loss <= 1.42, 60)}; '
+        f'{r.gpt_large.link})'), 'gpt'),
     Row('Diffusion model', '`configs/diffusion.py`', lambda r: (
         f'DDPM (U-Net, cosine schedule, Min-SNR-5, EMA) on Fashion-MNIST, {r.ddpm.steps:int} steps '
         f'in {r.ddpm.took}: 1,000 DDIM-50 samples score classifier-FID '
