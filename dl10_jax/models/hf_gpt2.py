@@ -6,9 +6,10 @@ biases everywhere and the output projection tied to the token embedding, as GPT 
 Hugging Face's `Conv1D` stores [in, out] like a flax Dense kernel, so every tensor maps by a reshape
 alone: `c_attn` [W, 3W] is q | k | v, each heads x head dim, which our `qkv` keeps as [W, 3, H, D].
 
-- Import, `init_from=hf:DIR` (train/experiment.py, train/checkpoint.py): `configure` takes the model's
-  shape from DIR's config.json and GPT-2's tokenizer from its tokenizer files; `read_params` reads
-  the tensors as our parameters, each checked against the shape config.json implies.
+- Import, `init_from=hf:DIR` (train/experiment.py, train/checkpoint.py): `configure` takes the
+  model's shape from DIR's config.json and GPT-2's tokenizer from its tokenizer files;
+  `read_params` reads the tensors as our parameters, each checked against the shape config.json
+  implies.
 - Export (scripts/export_hf.py): `write_checkpoint`, config.json and model.safetensors that
   `transformers.GPT2LMHeadModel.from_pretrained` loads.
 
