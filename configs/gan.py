@@ -41,6 +41,7 @@ def _recipe() -> ml_collections.ConfigDict:
       'channels': 1,
       'latent_dim': 100,
       'features': 32,  # G's last hidden / D's first layer; doubled per resolution halving.
+      'generator_features': 0,  # G alone wider (or narrower); 0: as `features`.
   })
   config.gan = ml_collections.ConfigDict({
       'b1': 0.5,

@@ -46,6 +46,16 @@ def test_shapes_for_both_image_sizes(size, channels, grid):
   assert dense.shape == (16, grid * grid * 8 * 2 ** (gan.upsamplings(size)[1] - 1))
 
 
+def test_generator_features_widen_the_generator_alone():
+  shapes = lambda **kw: jax.eval_shape(gan.DCGAN(latent_dim=16, features=8, **kw).init,
+                                       jax.random.PRNGKey(0), jnp.zeros((2, 16)))['params']
+  same, wide = shapes(), shapes(generator_features=12)
+  assert jax.tree.map(lambda a: a.shape, wide['discriminator']) == \
+      jax.tree.map(lambda a: a.shape, same['discriminator'])
+  assert wide['generator']['Dense_0']['kernel'].shape == (16, 7 * 7 * 12 * 2)  # 28 = 7 x 2^2.
+  assert same['generator']['Dense_0']['kernel'].shape == (16, 7 * 7 * 8 * 2)
+
+
 def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution():
   """PyTorch's ConvTranspose2d(4, stride 2, padding 1) is the gradient of Conv2d(4, 2, 1)."""
   rng = np.random.default_rng(0)

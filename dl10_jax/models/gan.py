@@ -127,10 +127,12 @@ class DCGAN(nn.Module):
   channels: int = 1
   latent_dim: int = 100
   features: int = 64  # Both networks' width (the paper: 128 at 64x64).
+  generator_features: int = 0  # G's own width, to grow G at equal D; 0: `features`.
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.generator = Generator(self.image_size, self.channels, self.features, self.dtype)
+    self.generator = Generator(self.image_size, self.channels,
+                               self.generator_features or self.features, self.dtype)
     self.discriminator = Discriminator(self.image_size, self.features, self.dtype)
 
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
