@@ -3,9 +3,9 @@
   python scripts/quantize_eval.py --workdir runs/cnn [--json quantized.json]
 
 Restores the run's newest checkpoint (experiment.restore_run) and evaluates the eval split twice
-with the objective's own eval step: on the float32 weights, and on their per-channel int8 quantization
-(dl10_jax/models/quantization.py), whose int8 arrays and scales are the inputs of the jitted step
-and are dequantized inside it. Prints one line per variant: accuracy, loss, model bytes and the
+with the objective's own eval step: on the float32 weights, and on their per-channel int8
+quantization (dl10_jax/models/quantization.py), whose int8 arrays and scales are the inputs of the
+jitted step and are dequantized inside it. Prints one line per variant: accuracy, loss, model bytes and the
 accuracy drop from float32, in percentage points.
 """
 

@@ -234,7 +234,7 @@ def train_classifier(cache_dir: str | None = None, num_steps: int = 1400, batch_
   a few dozen steps. The run (checkpoints, metrics.jsonl) is kept in `run/` of the cache
   directory; a retraining starts it afresh.
   """
-  # Here: the trainer imports the objectives, which import us.
+  # Imported here: experiment.py imports the objectives, which import this module.
   from dl10_jax.train import experiment, trainer
   directory = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
   workdir = directory / 'run'
