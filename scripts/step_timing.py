@@ -132,7 +132,8 @@ def jax_step_throughput(config, steps: int, warmup: int, repeats: int,
 def torch_step_seconds(config, steps: int, warmup: int, repeats: int,
                        compile_model: bool = False) -> list[float]:
   """Seconds per step of each timed call of the PyTorch twin (scripts/torch_twins.py) of
-  `config`'s model, on the same batches."""
+  `config`'s model, on the same batches; under bfloat16 autocast where the config computes in
+  bfloat16 (PyTorch's own mixed precision: matmuls and convolutions in bf16, the rest float32)."""
   import torch
   from dl10_jax.train.experiment import build_experiment
   sys.path.insert(0, str(ROOT / 'scripts'))
@@ -143,9 +144,12 @@ def torch_step_seconds(config, steps: int, warmup: int, repeats: int,
   it = exp.train_iterator()
   batches = [next(it) for _ in range(8)]
 
+  bf16 = exp.config.dtype == 'bfloat16'
+
   def run(n):
-    for i in range(n):
-      step(batches[i % len(batches)])
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+      for i in range(n):
+        step(batches[i % len(batches)])
 
   run(warmup)
   return [t / steps for t in call_times(lambda: run(steps), repeats)]
