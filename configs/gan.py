@@ -49,6 +49,9 @@ def _recipe() -> ml_collections.ConfigDict:
       'label_smoothing': 0.0,  # One-sided: D's target for real images is 1 - label_smoothing.
       'r1_weight': 0.0,  # gamma of the R1 penalty gamma / 2 * E|grad_x D(x)|^2 on reals.
       'ema_decay': 0.999,  # Of G's weights; samples and eval use the EMA.
+      # G's update reuses the batch D just saw (one G pass per step instead of two, as in the
+      # PyTorch DCGAN example) rather than drawing fresh noise.
+      'reuse_fakes': False,
       'sample_batch_stats': True,  # Sample with the batch's BN statistics (the reference DCGAN).
   })
   # classifier_fid / classifier_confidence / class_histogram_ratio at every eval (28x28 grey

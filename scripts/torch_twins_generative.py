@@ -86,7 +86,8 @@ def dcgan(config):
 def dcgan_step(config, compile_model: bool = False):
   """train/gan.GAN.train_step: D's Adam update on real and (constant) generated
   images, each in its own BN pass, then G's on the non-saturating loss against the updated D
-  (D's weights frozen, its running statistics untouched), then the EMA of G's weights."""
+  (D's weights frozen, its running statistics untouched; on D's own batch with reuse_fakes),
+  then the EMA of G's weights."""
   if config.optimizer != 'adam':
     raise ValueError(f'objective=gan trains with Adam, not optimizer={config.optimizer!r}')
   torch.manual_seed(0)
@@ -110,8 +111,8 @@ def dcgan_step(config, compile_model: bool = False):
       loss = loss + gan.r1_weight / 2 * grad.square().sum(dim=(1, 2, 3)).mean()
     return loss
 
-  def g_loss(z):
-    logits = d(g(z))
+  def g_loss(images):
+    logits = d(images)
     return bce(logits, torch.ones_like(logits))
 
   if compile_model:
@@ -120,15 +121,18 @@ def dcgan_step(config, compile_model: bool = False):
   def step(batch):
     real = images(batch, channels_last=True) * 2 - 1  # The data's [0, 1] -> G's [-1, 1].
     n = real.shape[0]
-    with torch.no_grad(), frozen_batch_stats(g):  # G's samples are constants for D's update.
+    if gan.reuse_fakes:  # One G pass, kept for G's update (the PyTorch DCGAN example).
       fake = g(torch.randn(n, latent))
+    else:
+      with torch.no_grad(), frozen_batch_stats(g):  # G's samples are constants for D's update.
+        fake = g(torch.randn(n, latent))
     d_opt.zero_grad(set_to_none=True)
-    d_loss(real, fake).backward()
+    d_loss(real, fake.detach()).backward()
     d_opt.step()
     d.requires_grad_(False)  # Only G's gradient; D's BN uses the batch but keeps its averages.
     g_opt.zero_grad(set_to_none=True)
     with frozen_batch_stats(d):
-      g_loss(torch.randn(n, latent)).backward()
+      g_loss(fake if gan.reuse_fakes else g(torch.randn(n, latent))).backward()
     g_opt.step()
     d.requires_grad_(True)
     ema.update()

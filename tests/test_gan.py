@@ -56,16 +56,26 @@ def test_generator_features_widen_the_generator_alone():
   assert same['generator']['Dense_0']['kernel'].shape == (16, 7 * 7 * 8 * 2)
 
 
-def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution():
-  """PyTorch's ConvTranspose2d(4, stride 2, padding 1) is the gradient of Conv2d(4, 2, 1)."""
+@pytest.mark.parametrize('cout', [6, gan.PATCHES_MIN_FEATURES])  # Both forms.
+def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution(cout):
+  """PyTorch's ConvTranspose2d(4, stride 2, padding 1) is the gradient of Conv2d(4, 2, 1): in
+  value, and in the gradients of the input and the kernel."""
   rng = np.random.default_rng(0)
-  x, kernel = rng.normal(size=(2, 5, 7, 3)), rng.normal(size=(4, 4, 3, 6))
+  x, kernel = rng.normal(size=(2, 5, 7, 3)), rng.normal(size=(4, 4, 3, cout))
   x, kernel = jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32)
-  conv = lambda z: lax.conv_general_dilated(z, kernel.transpose(0, 1, 3, 2), (2, 2),
-                                            ((1, 1), (1, 1)),
-                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  reference = jax.vjp(conv, jnp.zeros((2, 10, 14, 6)))[1](x)[0]
-  np.testing.assert_allclose(gan.conv_transpose_2x(x, kernel), reference, rtol=1e-5, atol=1e-5)
+
+  def reference(x, kernel):
+    conv = lambda z: lax.conv_general_dilated(z, kernel.transpose(0, 1, 3, 2), (2, 2),
+                                              ((1, 1), (1, 1)),
+                                              dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.vjp(conv, jnp.zeros((2, 10, 14, cout)))[1](x)[0]
+
+  np.testing.assert_allclose(gan.conv_transpose_2x(x, kernel), reference(x, kernel),
+                             rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(rng.normal(size=(2, 10, 14, cout)), jnp.float32)
+  loss = lambda f: jax.grad(lambda x, k: (f(x, k) * weights).sum(), argnums=(0, 1))(x, kernel)
+  for got, want in zip(loss(gan.conv_transpose_2x), loss(reference)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   with pytest.raises(ConfigError, match='model.image_size=30 is not 4..7 times a power of two'):
     gan.upsamplings(30)
 
@@ -143,6 +153,34 @@ def test_each_network_moves_only_by_its_own_loss_and_g_sees_the_updated_d(one_st
   assert metrics['train_d_loss'] > metrics['train_d_adversarial_loss']  # + r1_weight / 2 * r1
   with pytest.raises(ConfigError, match=r'a GAN samples in one pass; .* \(eta, sampler\)'):
     objective.generate(both, jax.random.PRNGKey(0), 4, sampler='ddim', eta=0.0)
+
+
+def test_reuse_fakes_steps_g_along_its_gradient_on_the_batch_d_just_saw():
+  """With SGD at rate 1, G's update is minus the gradient of the non-saturating loss of the
+  updated D on G(z) for the noise z of D's own fake batch."""
+  config = _smoke()
+  config.gan.reuse_fakes = True
+  exp = build_experiment(config, jax.devices()[:1])
+  objective = exp.objective
+  objective.tx = {net: optax.sgd(1.0) for net in gan_objective.NETS}
+  batch = exp.example_batch()
+  state = jax.jit(objective.init_state)(jax.random.PRNGKey(0), batch)
+  new, metrics = jax.jit(objective.train_step)(state, batch)
+
+  z = objective._noise(jax.random.split(state.step_rng())[0], batch['image'].shape[0])
+  params = {**state.params, 'discriminator': new.params['discriminator']}
+
+  def g_loss(g_params):
+    p = {**params, 'generator': g_params}
+    images, _ = objective._apply('generator', p, state.model_state, z, True)
+    return gan_objective.generator_loss(
+        objective._apply('discriminator', p, new.model_state, images, True)[0])
+
+  loss, grads = jax.value_and_grad(g_loss)(state.params['generator'])
+  np.testing.assert_allclose(metrics['train_g_loss'], loss, rtol=1e-5)
+  jax.tree.map(lambda got, old, g: np.testing.assert_allclose(got, old - g, rtol=1e-4, atol=1e-6),
+               new.params['generator'], state.params['generator'], grads)
+  assert not _same(new.model_state['generator'], state.model_state['generator'])  # One pass.
 
 
 def test_grad_clip_norm_bounds_each_networks_update(one_step):

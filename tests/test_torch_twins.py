@@ -71,10 +71,13 @@ def test_twin_has_the_jax_models_parameter_count(torch_twins, case):
       assert torch_twins.num_trainable(nets[net]) == _count(params[net]), net
 
 
-@pytest.mark.parametrize('case', ['dcgan', 'ddpm_unet'])
+@pytest.mark.parametrize('case,reuse_fakes', [('dcgan', False), ('dcgan', True),
+                                              ('ddpm_unet', False)])
 @pytest.mark.slow
-def test_twin_step_trains_on_the_pipelines_batches(torch_twins, case):
+def test_twin_step_trains_on_the_pipelines_batches(torch_twins, case, reuse_fakes):
   exp = _experiment(case)
+  if reuse_fakes:
+    exp.config.gan.reuse_fakes = True
   step, _ = torch_twins.make_step(exp.config)
   params = [p for p in step.model.parameters() if p.requires_grad]  # GAN: G's, then D's.
   before = {p: p.detach().clone() for p in params}

@@ -152,9 +152,19 @@ class GAN(ImageGenerative):
     real = batch['image'] * 2 - 1  # [B, H, W, C]: the data's [0, 1] -> the generator's [-1, 1].
     n = real.shape[0]
 
-    # 1. Discriminator. G's samples are constants here, and G's BN statistics stay as they are.
-    fake = jax.lax.stop_gradient(
-        self._apply('generator', state.params, state.model_state, self._noise(d_rng, n), True)[0])
+    # 1. Discriminator. G's samples are constants here. With reuse_fakes, G's one pass (its BN
+    # statistics updated) is kept for G's own update below, as in the PyTorch DCGAN example;
+    # otherwise G's statistics stay as they are and G's update draws fresh noise.
+    def generate(g_params, rng):
+      p = {**state.params, 'generator': g_params}
+      return self._apply('generator', p, state.model_state, self._noise(rng, n), True)
+
+    if gan.reuse_fakes:
+      fake, g_vjp, g_state = jax.vjp(lambda g: generate(g, d_rng), state.params['generator'],
+                                     has_aux=True)
+    else:
+      fake = generate(state.params['generator'], d_rng)[0]
+    fake = jax.lax.stop_gradient(fake)
 
     def d_loss_fn(d_params):
       params = {**state.params, 'discriminator': d_params}
@@ -178,14 +188,20 @@ class GAN(ImageGenerative):
     new = new.replace(model_state={**state.model_state, 'discriminator': d_state})
 
     # 2. Generator, against the updated D (whose BN statistics G's pass leaves as they are).
-    def g_loss_fn(g_params):
-      p = {**new.params, 'generator': g_params}
-      images, g_state = self._apply('generator', p, new.model_state, self._noise(g_rng, n), True)
-      fake_logits, _ = self._apply('discriminator', p, new.model_state, images, True)
-      return generator_loss(fake_logits), g_state
+    def loss_of_images(images):
+      fake_logits, _ = self._apply('discriminator', new.params, new.model_state, images, True)
+      return generator_loss(fake_logits)
 
-    (g_loss, g_state), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        new.params['generator'])
+    if gan.reuse_fakes:  # d loss / d images through D, then back through G's kept pass.
+      g_loss, image_grads = jax.value_and_grad(loss_of_images)(fake)
+      g_grads, = g_vjp(image_grads)
+    else:
+      def g_loss_fn(g_params):
+        images, g_state = generate(g_params, g_rng)
+        return loss_of_images(images), g_state
+
+      (g_loss, g_state), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+          state.params['generator'])
     new = _apply_gradients(new, 'generator', g_grads)
     new = new.replace(step=state.step + 1,
                       model_state={**new.model_state, 'generator': g_state})
