@@ -13,21 +13,25 @@ Sample grids go to WORKDIR/samples/ and TensorBoard.
   python -m dl10_jax.sample --workdir runs/gan --num_samples 10000 --out grid.png --quality
   python -m dl10_jax.main --config configs/gan.py:mnist --workdir runs/gan_mnist   # TFDS / IDX
   python -m dl10_jax.main --config configs/gan.py:cifar10 --workdir runs/gan_cifar  # TFDS, 32x32x3
+  python -m dl10_jax.main --config configs/gan.py:wide --workdir runs/gan_wide    # G at 64
   python -m dl10_jax.main --config configs/gan.py:smoke --workdir /tmp/gan_smoke  # seconds
 
-Variants (comma-separated): smoke, mnist, cifar10.
+Variants (comma-separated): wide, smoke, mnist, cifar10. `wide` trades FID for class confidence:
+G at width 64 (D stays 32), one G pass per step, 32 epochs in ~26 minutes; confidence 0.801 on
+the run's 2,000-sample evals (0.796 on 10,000) and FID 4.43, against the default's 0.791 and 3.45.
 """
 
 import ml_collections
 
 from dl10_jax import config_lib
 
-VARIANTS = ('smoke', 'mnist', 'cifar10')
+VARIANTS = ('wide', 'smoke', 'mnist', 'cifar10')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, VARIANTS)
-  variants = {'mnist': _mnist, 'cifar10': _cifar10, 'smoke': _smoke}  # Smoke shrinks the rest.
+  variants = {'wide': _wide, 'mnist': _mnist, 'cifar10': _cifar10,
+              'smoke': _smoke}  # Smoke shrinks the rest.
   return config_lib.apply_variants(_recipe(), args, variants)
 
 
@@ -75,6 +79,14 @@ def _recipe() -> ml_collections.ConfigDict:
   return config
 
 
+def _wide(config: ml_collections.ConfigDict) -> None:
+  """G at 64, D at 32: G's width lifts class confidence per epoch; one G pass per step and the
+  transposed conv's matmul form pay for most of it (experiments/gan, 25.5 min)."""
+  config.model.generator_features = 64
+  config.gan.reuse_fakes = True
+  config.num_epochs = 32  # 30,000 steps at ~20 steps/s with the evals.
+
+
 def _mnist(config: ml_collections.ConfigDict) -> None:
   config.dataset.name = 'mnist'
   config.quality_metric = False  # The classifier knows clothes: on digits its scores mean little.
@@ -88,7 +100,7 @@ def _cifar10(config: ml_collections.ConfigDict) -> None:
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """A seconds-long run on a slice of the data, used by the tests."""
-  config.model.features = 8
+  config.model.update(features=8, generator_features=0)
   config.dataset.update(num_train_examples=256, num_eval_examples=128)
   config.update(batch_size=32, eval_batch_size=64, num_epochs=1, eval_every_steps=8,
                 log_every_steps=2, checkpoint_every_steps=4, progress_bar=False)

@@ -30,6 +30,7 @@ RECORDS = {  # alias -> record directory under experiments/
     's2s_add_lsd': 'transformer/runs/s2s_add_lsd_2026-12-07',
     's2s_reverse_rotary': 'transformer/runs/s2s_reverse_rotary_2026-12-07',
     'dcgan': 'gan/runs/dcgan_2026-12-07',
+    'dcgan_wide': 'gan/runs/dcgan_g64_reuse_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'gpt_large': 'gpt/runs/gpt_large_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
@@ -157,7 +158,12 @@ ROWS = [
         f'classifier, not Inception), mean confidence {r.dcgan.eval_classifier_confidence:.3f} '
         f'({r.dcgan.target("0.8", r.dcgan.eval_classifier_confidence >= 0.8, 30)}), '
         f'class histogram within {r.dcgan.eval_class_histogram_ratio:.2f}x of uniform '
-        f'({r.dcgan.link})'), 'gan'),
+        f'({r.dcgan.link}); `:wide` (G at width 64) {r.dcgan_wide.epochs} epochs in '
+        f'{r.dcgan_wide.took}: confidence **{r.dcgan_wide.eval_classifier_confidence:.3f}**, '
+        f'FID {r.dcgan_wide.eval_classifier_fid:.2f} '
+        f'({r.dcgan_wide.target("0.8", r.dcgan_wide.eval_classifier_confidence >= 0.8, 30)} on '
+        f'its 2,000-sample eval, not on 10,000 samples: see the page; {r.dcgan_wide.link})'),
+        'gan'),
     Row('GPT (decoder-only)', '`configs/gpt.py`', lambda r: (
         f'`make run` on a fresh clone: **{r.gpt.eval_loss:.4f} nats/char** on 3 held-out plays, '
         f'{r.gpt.steps:int} steps, {r.gpt.wall:mins} with setup '

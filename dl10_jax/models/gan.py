@@ -32,7 +32,8 @@ def dcgan_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32)
 
 
 # From this many output channels up, the 2x2-patches matmul beats the 3x3 phase convolution on
-# CPU, forward + backward (1.2x at 16 and 32, 1.8x at 48, 2.4-3.2x at 64-128; slower at 1-8).
+# CPU, forward + backward (1.1-1.5x at 16-32, 1.8x at 48, 2.3x at 64; at 1-8 it is as slow or
+# slower: experiments/gan/README.md).
 PATCHES_MIN_FEATURES = 16
 
 
