@@ -29,15 +29,16 @@ def _upsamplings(image_size: int) -> tuple[int, int]:
 
 class _Generator(nn.Module):
   """z -> Dense (no bias) -> [width, base, base] -> BN + ReLU -> k x ConvTranspose(4, 2, 1)
-  (BN + ReLU between; bias on the last only) -> tanh. The JAX model computes each transposed
-  conv as a 3x3 conv to the four output phases + depth-to-space (faster on CPU in XLA); that is
-  the same function with the same [4, 4, Cin, Cout] kernel, so the twin uses PyTorch's own
-  ConvTranspose2d, the reference DCGAN's layer."""
+  (BN + ReLU between; bias on the last only) -> tanh, at width `generator_features` (0: as
+  `features`). The JAX model computes each transposed conv by its four output phases (faster on
+  CPU in XLA: models/gan.conv_transpose_2x); that is the same function with the same
+  [4, 4, Cin, Cout] kernel, so the twin uses PyTorch's own ConvTranspose2d, the reference DCGAN's
+  layer."""
 
   def __init__(self, m):
     super().__init__()
     self.base, k = _upsamplings(m.image_size)
-    self.width = m.features * 2 ** (k - 1)
+    self.width = (m.generator_features or m.features) * 2 ** (k - 1)
     self.dense = nn.Linear(m.latent_dim, self.base * self.base * self.width, bias=False)
     self.bn = nn.BatchNorm2d(self.width)
     layers, cin = [], self.width

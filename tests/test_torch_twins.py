@@ -30,6 +30,7 @@ CASES = {
     'mobilenet_v2': ('mobilenet', 'v2,smoke', {}),
     'shufflenet_v2': ('mobilenet', 'shufflenet,smoke', {}),
     'dcgan': ('gan', 'smoke', {}),
+    'dcgan_wide_g': ('gan', 'smoke', {'generator_features': 12}),  # G wider than D.
     'ddpm_unet': ('diffusion', 'smoke', {}),
     # The smoke U-Net has attention only in the middle; here also at 14x14 on both paths.
     'ddpm_unet_attention': ('diffusion', 'smoke', {'attention_resolutions': (14,)}),
