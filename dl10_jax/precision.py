@@ -2,9 +2,9 @@
 
 Every family keeps float32 parameters, optimizer state and loss; 'bfloat16' only changes the dtype
 of the matmuls, convolutions and activations between them. On CPU float32 stays the default: even
-with AMX, XLA:CPU runs bf16 matmuls fast in one operand layout only (or through opt-in oneDNN
-flags) and bf16 convolutions slower than float32 (experiments/xla_flags/README.md). On GPU and TPU a family runs
-bf16 when the parts that need range or precision already run in float32, as checked below.
+with AMX, XLA:CPU runs bf16 matmuls fast in one operand layout only (or through opt-in oneDNN flags)
+and bf16 convolutions slower than float32 (experiments/xla_flags/README.md). On GPU and TPU a family
+runs bf16 when the parts that need range or precision already run in float32, as checked below.
 Measured on the smoke configs (CPU, same seed, 60-200 steps), the largest per-step gap of the bf16
 training loss to float32's: GPT 0.7 %, CNN 2.7 %, LSTM 0.24 %, Transformer 0.12 %, RNN 0.07 %,
 diffusion 0.05 % (tests/test_precision.py holds GPT and CNN to bands).

@@ -3,14 +3,14 @@
   python scripts/cpu_kernel_gap.py --out experiments/benchmarks/kernel_gap.jsonl
   python scripts/cpu_kernel_gap.py --dtype bfloat16 --out ...   # bf16 operands (AMX where present)
 
-A family's step can be no faster than its matmuls and convolutions, so this times them alone, at
-the shapes the families use: matmuls (GPT's projections, the LSTM's recurrent step and its
-weight gradient, a square 2048³), ResNet-20's 3x3 convolutions split into forward, input
-gradient and weight gradient, and the DCGAN's transposed convolutions (forward + backward, also in
-the form models/gan.py does not pick at that width); all in --dtype (bfloat16: bf16 operands and results on both sides,
-as under `dtype=bfloat16` or PyTorch's autocast; XLA_FLAGS, as set, applies to JAX). Each figure
-is the median over `--repeats` calls (each call runs the kernel enough times to take ~0.1 s);
-every call's time goes to --out, one JSON line per kernel.
+A family's step can be no faster than its matmuls and convolutions, so this times them alone, at the
+shapes the families use: matmuls (GPT's projections, the LSTM's recurrent step and its weight
+gradient, a square 2048³), ResNet-20's 3x3 convolutions split into forward, input gradient and
+weight gradient, and the DCGAN's transposed convolutions (forward + backward, also in the form
+models/gan.py does not pick at that width); all in --dtype (bfloat16: bf16 operands and results on
+both sides, as under `dtype=bfloat16` or PyTorch's autocast; XLA_FLAGS, as set, applies to JAX).
+Each figure is the median over `--repeats` calls (each call runs the kernel enough times to take
+~0.1 s); every call's time goes to --out, one JSON line per kernel.
 """
 
 from __future__ import annotations

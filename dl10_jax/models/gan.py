@@ -69,7 +69,8 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _conv_transpose_2x_3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """conv_transpose_2x as one 3x3 convolution to the 2x2 output phases (4 * Cout channels) and a
-  depth-to-space: output phase a reads input offsets w - 1 (w in 0..2) through tap t = 3 - 2w + a."""
+  depth-to-space: output phase a reads input offsets w - 1 (w in 0..2) through tap
+  t = 3 - 2w + a."""
   w, a = np.arange(3)[:, None], np.arange(2)[None, :]
   taps = 3 - 2 * w + a  # [3 offsets, 2 phases]
   valid = (taps >= 0) & (taps <= 3)
