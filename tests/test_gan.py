@@ -56,8 +56,9 @@ def test_generator_features_widen_the_generator_alone():
   assert same['generator']['Dense_0']['kernel'].shape == (16, 7 * 7 * 8 * 2)
 
 
-@pytest.mark.parametrize('cout', [6, gan.PATCHES_MIN_FEATURES])  # Both forms.
-def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution(cout):
+@pytest.mark.parametrize('cout,form', [(6, 'auto'), (gan.PATCHES_MIN_FEATURES, 'auto'),
+                                       (6, 'patches'), (gan.PATCHES_MIN_FEATURES, '3x3')])
+def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution(cout, form):
   """PyTorch's ConvTranspose2d(4, stride 2, padding 1) is the gradient of Conv2d(4, 2, 1): in
   value, and in the gradients of the input and the kernel."""
   rng = np.random.default_rng(0)
@@ -70,14 +71,17 @@ def test_transposed_convolution_is_the_adjoint_of_the_strided_convolution(cout):
                                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return jax.vjp(conv, jnp.zeros((2, 10, 14, cout)))[1](x)[0]
 
-  np.testing.assert_allclose(gan.conv_transpose_2x(x, kernel), reference(x, kernel),
+  conv_transpose = lambda x, kernel: gan.conv_transpose_2x(x, kernel, form)
+  np.testing.assert_allclose(conv_transpose(x, kernel), reference(x, kernel),
                              rtol=1e-5, atol=1e-5)
   weights = jnp.asarray(rng.normal(size=(2, 10, 14, cout)), jnp.float32)
   loss = lambda f: jax.grad(lambda x, k: (f(x, k) * weights).sum(), argnums=(0, 1))(x, kernel)
-  for got, want in zip(loss(gan.conv_transpose_2x), loss(reference)):
+  for got, want in zip(loss(conv_transpose), loss(reference)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   with pytest.raises(ConfigError, match='model.image_size=30 is not 4..7 times a power of two'):
     gan.upsamplings(30)
+  with pytest.raises(ConfigError, match="form='4x4'"):
+    gan.conv_transpose_2x(x, kernel, '4x4')
 
 
 def test_losses_come_from_logits_and_stay_finite_when_d_is_sure():

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dl10_jax.errors import ConfigError
+from dl10_jax.errors import ConfigError, check_choice
 from dl10_jax.models.layers import batch_norm
 
 
@@ -37,7 +37,10 @@ def dcgan_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32)
 PATCHES_MIN_FEATURES = 16
 
 
-def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
+CONV_TRANSPOSE_FORMS = ('auto', 'patches', '3x3')
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array, form: str = 'auto') -> jax.Array:
   """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1), the DCGAN layer: x [B, H, W, Cin],
   kernel [4, 4, Cin, Cout] -> [B, 2H, 2W, Cout]; per axis out[p] = sum of x[m] k[t], 2m + t - 1 = p.
 
@@ -45,12 +48,13 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
   sum over q in 0..1 of x[i + a + q - 1] k[3 - a - 2q]. Computed, for Cout >= PATCHES_MIN_FEATURES,
   as one matmul of the padded input's 2x2 patches [B, H+1, W+1, 4 Cin] with the four phase
   kernels; below that, as one 3x3 convolution to the four phases, whose zero taps cost less than
-  the patches' copies there. Both beat XLA's input-dilated convolution (nn.ConvTranspose) on CPU
-  (experiments/gan/README.md); tests/test_gan.py checks both against the adjoint of the strided
-  convolution.
+  the patches' copies there (`form` forces one: 'patches' or '3x3'). Both beat XLA's input-dilated
+  convolution (nn.ConvTranspose) on CPU (experiments/gan/README.md); tests/test_gan.py checks both
+  against the adjoint of the strided convolution.
   """
+  check_choice('form', form, CONV_TRANSPOSE_FORMS)
   cin, cout = kernel.shape[2:]
-  if cout < PATCHES_MIN_FEATURES:
+  if form == '3x3' or (form == 'auto' and cout < PATCHES_MIN_FEATURES):
     return _conv_transpose_2x_3x3(x, kernel)
   b, h, w, _ = x.shape
   q, a = np.arange(2)[:, None], np.arange(2)[None, :]
