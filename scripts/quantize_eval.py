@@ -5,8 +5,8 @@
 Restores the run's newest checkpoint (experiment.restore_run) and evaluates the eval split twice
 with the objective's own eval step: on the float32 weights, and on their per-channel int8
 quantization (dl10_jax/models/quantization.py), whose int8 arrays and scales are the inputs of the
-jitted step and are dequantized inside it. Prints one line per variant: accuracy, loss, model bytes and the
-accuracy drop from float32, in percentage points.
+jitted step and are dequantized inside it. Prints one line per variant: accuracy, loss, model
+bytes and the accuracy drop from float32, in percentage points.
 """
 
 from __future__ import annotations
