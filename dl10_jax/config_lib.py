@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Compiled programs persist here, so a resume, a sweep point or a sample compiles nothing the
   # first run did ('': $DL10_COMPILATION_CACHE or ~/.cache/dl10_jax/xla; 'off' disables it).
   c.compilation_cache_dir = ''
+  # JAX devices to split the CPU into (runtime.use_cpu_devices): with 2, a 2-core machine runs two
+  # halves of each batch at once, which fills the core XLA:CPU leaves idle in small sequential
+  # operations (recurrent models). 0: JAX's default, one. Ignored on GPU and TPU.
+  c.cpu_devices = 0
 
   c.log_every_steps = 100
   c.eval_every_steps = -1  # -1: once per epoch.

@@ -132,6 +132,8 @@ def main(argv: list[str]) -> None:
   cli.quiet_logging()
   from dl10_jax.train import preemption  # Heavy imports after flag parsing.
   from dl10_jax.train.trainer import train_and_evaluate
+  with cli.one_line_errors(_WORKDIR.value):  # Before anything creates JAX's backends.
+    runtime.use_cpu_devices(_CONFIG.value.get('cpu_devices', 0))
   if _distributed_requested():
     _initialize_distributed()
   runtime.log_allocator_advice_once()

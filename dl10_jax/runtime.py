@@ -13,6 +13,8 @@ import pathlib
 
 from absl import logging
 
+from dl10_jax.errors import ConfigError
+
 # XLA:CPU flags to add by default: those that made training steps faster on this project's CPUs
 # without making any family slower. None has yet: on a quiet 2-core Xeon, XNNPACK graph fusion
 # and oneDNN fusions (the candidates jax 0.12 offers) were within noise of no flags for all nine
@@ -38,6 +40,33 @@ def set_default_xla_flags(environ: os._Environ | dict[str, str] = os.environ) ->
            if name not in names]
   if extra:
     environ['XLA_FLAGS'] = ' '.join([given, *extra]).strip()
+
+
+def use_cpu_devices(count: int, environ: os._Environ | dict[str, str] = os.environ) -> bool:
+  """Splits the CPU into `count` JAX devices; returns whether this call set the count.
+
+  XLA:CPU runs a program's operations one after another, and most elementwise loops and small
+  matmuls on one thread. With the batch split over two devices (the `data` mesh axis), two
+  programs run at once and keep both cores of a 2-core machine busy: the recurrent language
+  models train 1.2-1.5x faster (experiments/benchmarks.md), while the convolutional families,
+  whose large convolutions already use every core, gain little or lose. 0 keeps JAX's default.
+  The user's own --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES wins, and so does
+  a process whose backends exist already (the count is fixed when JAX creates them).
+  """
+  if count < 0:
+    raise ConfigError(f'cpu_devices={count!r} must be >= 0 (0: JAX\'s default, one CPU device)')
+  if not count or 'JAX_NUM_CPU_DEVICES' in environ or \
+      'xla_force_host_platform_device_count' in environ.get('XLA_FLAGS', ''):
+    return False
+  import jax
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # Backends already created: this process keeps its devices.
+    log_once(f'cpu_devices={count} ignored: JAX created its CPU devices before the config was read')
+    return False
+  log_once(f'cpu_devices={count}: the CPU runs as {count} JAX devices, each with a share of '
+           'every batch')
+  return True
 
 
 def allocator() -> str:

@@ -64,9 +64,10 @@ def main(argv):
   import jax
   from dl10_jax import runtime
   config = _CONFIG.value
+  runtime.use_cpu_devices(config.get('cpu_devices', 0))  # As training would.
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()}'
   if jax.default_backend() == 'cpu':
-    device = f'{cpu_name()}, {os.cpu_count()} cores'
+    device = f'{cpu_name()}, {os.cpu_count()} cores, {jax.device_count()} JAX device(s)'
   peak = jax_matmul_flops()
   # PyTorch is timed before and after JAX (its speed drifts between runs); the median is over
   # the calls of both passes.

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT, cached_compile_env, metric_events
 from dl10_jax import runtime
+from dl10_jax.errors import ConfigError
 
 
 def test_default_flags_join_the_users_and_never_replace_them(monkeypatch):
@@ -27,6 +28,26 @@ def test_default_flags_join_the_users_and_never_replace_them(monkeypatch):
   opted_out = {'DL10_DEFAULT_XLA_FLAGS': '0', 'XLA_FLAGS': '--xla_b=Y'}
   runtime.set_default_xla_flags(opted_out)
   assert opted_out['XLA_FLAGS'] == '--xla_b=Y'
+
+
+def test_cpu_devices_splits_the_cpu_of_a_fresh_process_unless_the_user_chose():
+  code = ('from dl10_jax import runtime; import jax; '
+          'print(runtime.use_cpu_devices(2), jax.device_count())')
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
+  run = lambda env: subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, check=True,
+                                   capture_output=True, text=True).stdout.split()
+  assert run(env) == ['True', '2']
+  assert run({**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=3'}) == ['False', '3']
+  assert run({**env, 'JAX_NUM_CPU_DEVICES': '1'}) == ['False', '1']
+
+
+def test_cpu_devices_is_checked_and_leaves_a_running_jax_alone():
+  import jax
+  with pytest.raises(ConfigError, match=re.escape("cpu_devices=-1 must be >= 0")):
+    runtime.use_cpu_devices(-1, environ={})
+  count = jax.device_count()  # This process has its devices already.
+  assert not runtime.use_cpu_devices(count + 1, environ={})
+  assert jax.device_count() == count
 
 
 def test_compilation_cache_dir_follows_config_then_environment(monkeypatch, tmp_path):

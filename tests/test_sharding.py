@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import gpt as gpt_config
+from configs import lstm as lstm_config
 from configs import resnet as resnet_config
 from conftest import read_metrics
 from dl10_jax.errors import ConfigError
@@ -19,7 +20,7 @@ from dl10_jax.train.experiment import build_experiment
 from dl10_jax.train.trainer import train_and_evaluate
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]  # (data, fsdp, tensor)
-CONFIGS = {'gpt': gpt_config, 'resnet': resnet_config}
+CONFIGS = {'gpt': gpt_config, 'resnet': resnet_config, 'lstm': lstm_config}
 
 
 def _config(name: str, mesh=(-1, 1, 1)) -> ml_collections.ConfigDict:
@@ -67,6 +68,14 @@ def test_every_mesh_trains_like_one_device(name, mesh):
   assert 1 / (fsdp * tensor) <= share < 1 / fsdp + 0.2, share
   # Optimizer moments are laid out like their parameters.
   assert _bytes_on(jax.devices()[0], state.opt_state) < 2.5 * _bytes_on(jax.devices()[0], params)
+
+
+def test_the_lstm_lm_on_two_cpu_devices_trains_like_one():
+  # configs/lstm.py runs on two CPU devices (cpu_devices=2): each scans half the batch.
+  assert lstm_config.get_config('smoke').cpu_devices == 2
+  losses, _, exp = _train(_config('lstm'), jax.devices()[:2])
+  assert exp.mesh.devices.size == 2
+  np.testing.assert_allclose(losses, _one_device_losses('lstm'), rtol=2e-5)
 
 
 def test_fsdp_and_tensor_layouts_of_gpt():

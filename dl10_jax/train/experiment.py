@@ -92,6 +92,7 @@ def build_experiment(config: ml_collections.ConfigDict, devices: list[Any] | Non
   that of an init_from=hf:DIR checkpoint, whose model shape the config then takes.
   """
   runtime.enable_compilation_cache(config.get('compilation_cache_dir', ''))
+  runtime.use_cpu_devices(config.get('cpu_devices', 0))
   mesh = sharding.make_mesh(config.mesh, devices)
   config = hf_gpt2.configure(config)
   splits = data.load(config.dataset,

@@ -22,7 +22,7 @@
 #
 # On every worker (paths relative to the worker's home directory):
 #   dl10_jax/         the code: `git archive HEAD` of this checkout (setup.sh)
-#   dl10_venv/        a Python 3.11 virtualenv with requirements.txt + jax[tpu] at the same pin
+#   dl10_venv/        a Python 3.12 virtualenv with requirements.txt + jax[tpu] at the same pin
 #   dl10_train.log    the output of the last train.sh (one log per worker)
 #   dl10_train.stop   written by train.sh --stop: a preempted run is not retried
 
