@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.compilation_cache_dir = ''
   # JAX devices to split the CPU into (runtime.use_cpu_devices): with 2, a 2-core machine runs two
   # halves of each batch at once, which fills the core XLA:CPU leaves idle in small sequential
-  # operations (recurrent models). 0: JAX's default, one. Ignored on GPU and TPU.
+  # operations (recurrent models, ResNet-20, the U-Net). 0: JAX's default, one. Unused on GPU/TPU.
   c.cpu_devices = 0
 
   c.log_every_steps = 100

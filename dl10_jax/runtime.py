@@ -47,9 +47,10 @@ def use_cpu_devices(count: int, environ: os._Environ | dict[str, str] = os.envir
 
   XLA:CPU runs a program's operations one after another, and most elementwise loops and small
   matmuls on one thread. With the batch split over two devices (the `data` mesh axis), two
-  programs run at once and keep both cores of a 2-core machine busy: the recurrent language
-  models train 1.2-1.5x faster (experiments/benchmarks.md), while the convolutional families,
-  whose large convolutions already use every core, gain little or lose. 0 keeps JAX's default.
+  programs run at once and keep both cores of a 2-core machine busy: on one, the recurrent
+  language models train 1.2-1.4x faster and ResNet-20 and the DDPM U-Net ~1.15x, while GPT gains
+  nothing and the DCGAN, MobileNetV1 and the CNN lose (experiments/benchmarks.md); so each config
+  chooses. 0 keeps JAX's default.
   The user's own --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES wins, and so does
   a process whose backends exist already (the count is fixed when JAX creates them).
   """
@@ -62,7 +63,7 @@ def use_cpu_devices(count: int, environ: os._Environ | dict[str, str] = os.envir
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:  # Backends already created: this process keeps its devices.
-    log_once(f'cpu_devices={count} ignored: JAX created its CPU devices before the config was read')
+    log_once(f'cpu_devices={count} ignored: JAX made its CPU devices before the config was read')
     return False
   log_once(f'cpu_devices={count}: the CPU runs as {count} JAX devices, each with a share of '
            'every batch')
