@@ -54,6 +54,7 @@ def _recipe() -> ml_collections.ConfigDict:
   config.schedule = 'warmup_cosine'
   config.warmup_steps = 100
   config.grad_clip_norm = 1.0
+  config.cpu_devices = 2  # Half the batch on each of 2 CPU devices: ~1.14x on 2 cores.
   config.log_every_steps = 50
   return config
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Alternated processes: each config of $CONFIGS with cpu_devices 0 and 2, two rounds; $TORCH=--torch
-# times the PyTorch twin in each process. Appends to the record beside this file.
+# Alternated processes: each config of $CONFIGS with cpu_devices 0 and 2, $ROUNDS rounds (2); $TORCH=--torch
+# times the PyTorch twin in each process. Appends to $REC (the record beside this file).
 cd "$(dirname "$0")/../.."
 export LD_PRELOAD=$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4)
-REC=experiments/benchmarks/cpu_devices_2026-12-07.jsonl
-for round in 1 2; do
+REC=${REC:-experiments/benchmarks/cpu_devices_2026-12-07.jsonl}
+for round in $(seq "${ROUNDS:-2}"); do
   for cfg in $CONFIGS; do
     for n in 0 2; do
       echo "$(date -u +%H:%M:%S) round $round $cfg cpu_devices=$n"
