@@ -34,7 +34,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'gpt_large': 'gpt/runs/gpt_large_2026-12-07',
     'ddpm': 'diffusion/runs/ddpm_2026-12-07',
-    'attention_soft': 'attention/runs/soft_2026-12-07',
+    'attention_soft': 'attention/runs/soft_10ep_2026-12-07',
     'attention_topk': 'attention/runs/topk_2026-12-07',
     'resnet20': 'resnet/runs/resnet20_half_2026-12-07',
     'mobilenet_v1': 'lightweight/runs/mobilenet_v1_centred_2026-12-07',
