@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'zero_init_residual': False,
       'conv_impl': 'auto',  # XLA's 3x3 convolutions, 1x1 as matmuls on CPU (models/layers.py).
   })
-  # Two CPU devices, half the batch each (BatchNorm still sees the whole batch): ~1.17x on 2
-  # cores (experiments/benchmarks.md); MobileNetV1 and the CNN are slower so, and keep one.
+  # Two CPU devices, half the batch each (BatchNorm still sees the whole batch): ~1.15x on 2
+  # cores (experiments/benchmarks.md); MobileNetV1 and the CNN, slower on two, keep one.
   config.cpu_devices = 2
   return config

@@ -54,7 +54,7 @@ def recurrent_lm(cell: str, smoke: bool = False) -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.num_train_steps = 6000  # ~27 minutes on 2 CPU cores at ~3.9 steps/s (experiments/lstm).
   # Two CPU devices, each running half the batch: XLA:CPU leaves a core idle in the recurrence's
-  # small sequential steps (1.2-1.5x, experiments/benchmarks.md).
+  # small sequential steps (1.2-1.4x, experiments/benchmarks.md).
   config.cpu_devices = 2
   config.log_every_steps = 100
   config.eval_every_steps = 1000
