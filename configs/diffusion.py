@@ -88,8 +88,8 @@ def _recipe() -> ml_collections.ConfigDict:
   # 55 s vs 5 s a step).
   config.microbatch_size = 0
   config.cpu_devices = 2  # Half the batch on each of 2 CPU devices: ~1.17x on 2 cores.
-  # ~3.2 steps/s on 2 idle CPU cores (batch 64, 0.65 M parameters): 57.4 minutes for the whole
-  # run with its two evals (experiments/diffusion/README.md).
+  # ~3.2 steps/s on 2 idle CPU cores and one device (batch 64, 0.65 M parameters): 57.4 minutes
+  # for the whole run with its two evals (experiments/diffusion/README.md); two devices ~1.17x.
   config.num_train_steps = 10500
   config.optimizer = 'adam'
   config.learning_rate = 1e-3

@@ -52,7 +52,7 @@ def recurrent_lm(cell: str, smoke: bool = False) -> ml_collections.ConfigDict:
   config.learning_rate = 3e-3  # Better than 2e-3 at every eval (experiments/lstm).
   config.schedule = 'cosine'
   config.grad_clip_norm = 1.0
-  config.num_train_steps = 6000  # ~27 minutes on 2 CPU cores at ~3.9 steps/s (experiments/lstm).
+  config.num_train_steps = 6000  # 27 min on 2 CPU cores at ~3.8 steps/s on one device (lstm page).
   # Two CPU devices, each running half the batch: XLA:CPU leaves a core idle in the recurrence's
   # small sequential steps (1.2-1.4x, experiments/benchmarks.md).
   config.cpu_devices = 2
