@@ -47,12 +47,12 @@ def use_cpu_devices(count: int, environ: os._Environ | dict[str, str] = os.envir
 
   XLA:CPU runs a program's operations one after another, and most elementwise loops and small
   matmuls on one thread. With the batch split over two devices (the `data` mesh axis), two
-  programs run at once and keep both cores of a 2-core machine busy: on one, the recurrent
-  language models train 1.2-1.4x faster and ResNet-20 and the DDPM U-Net ~1.15x, while GPT gains
-  nothing and the DCGAN, MobileNetV1 and the CNN lose (experiments/benchmarks.md); so each config
-  chooses. 0 keeps JAX's default.
-  The user's own --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES wins, and so does
-  a process whose backends exist already (the count is fixed when JAX creates them).
+  programs run at once and keep both cores of a 2-core machine busy. There the recurrent models
+  train 1.2-1.4x faster and ResNet-20 and the DDPM U-Net ~1.15x, while GPT gains nothing and the
+  DCGAN, MobileNetV1 and the CNN lose (experiments/benchmarks.md), so each config chooses; 0
+  keeps JAX's default. The user's own --xla_force_host_platform_device_count or
+  JAX_NUM_CPU_DEVICES wins, and so does a process whose backends exist already (JAX fixes the
+  count when it creates them).
   """
   if count < 0:
     raise ConfigError(f'cpu_devices={count!r} must be >= 0 (0: JAX\'s default, one CPU device)')

@@ -108,7 +108,7 @@ def _attention_impls(platform: str, kind: str, causal: bool, interpret: bool):
                                                interpret=interpret, block_q=block_q,
                                                block_k=block_k)
   triton_mha = _jax_triton_mha()
-  if platform in ('gpu', 'cpu') and triton_mha is not None:  # On CPU in the interpreter too.
+  if platform != 'tpu' and triton_mha is not None:  # On CPU in the interpreter.
     impls['jax_triton_mha'] = lambda q, k, v: triton_mha.mha(
         q, k, v, None, sm_scale=q.shape[-1] ** -0.5, causal=causal, interpret=interpret)
   if platform == 'gpu':
