@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -97,9 +98,9 @@ def torch_table(records: list[dict]) -> str:
   for r in records:
     if r.get('torch_seconds_per_step', {}).get('eager'):
       by_config[r['config_file']].append(r)
-  lines = ['| config | batch | jax examples/s | torch eager examples/s | jax / torch | '
+  lines = ['| config | batch | JAX devices | jax examples/s | torch eager examples/s | jax / torch | '
            'model GFLOP/s | of jax matmul peak | of torch matmul peak | allocator | XLA_FLAGS |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for config in sorted(by_config, key=_family_order):
     runs = by_config[config]
     batch = runs[0]['batch_size']
@@ -113,7 +114,9 @@ def torch_table(records: list[dict]) -> str:
     torch_peak = statistics.median(r['torch_matmul_peak'] for r in runs)
     unit = f' ({runs[0]["tokens_per_example"]} tokens each)' if runs[0]['tokens_per_example'] \
         else ''
-    lines.append(f'| {config} | {batch}{unit} | {jax_rate:.1f} | {torch_rate:.1f} | '
+    devices = re.search(r'(\d+) JAX device', runs[0]['device'])  # Older records: one.
+    lines.append(f'| {config} | {batch}{unit} | {devices[1] if devices else 1} | '
+                 f'{jax_rate:.1f} | {torch_rate:.1f} | '
                  f'**{jax_rate / torch_rate:.2f}x** | {flops / 1e9:.1f} | '
                  f'{flops / jax_peak:.1%} | {flops / torch_peak:.1%} | '
                  f'{runs[0]["allocator"]} | `{runs[0]["xla_flags"]}` |')
