@@ -33,7 +33,7 @@ RECORDS = {  # alias -> record directory under experiments/
     'dcgan_wide': 'gan/runs/dcgan_g64_reuse_2026-12-07',
     'gpt': 'gpt/runs/make_run_2026-12-07',
     'gpt_large': 'gpt/runs/gpt_large_2026-12-07',
-    'ddpm': 'diffusion/runs/ddpm_2026-12-07',
+    'ddpm': 'diffusion/runs/ddpm_2dev_2000_2026-12-07',
     'attention_soft': 'attention/runs/soft_10ep_2026-12-07',
     'attention_topk': 'attention/runs/topk_2026-12-07',
     'resnet20': 'resnet/runs/resnet20_half_2026-12-07',
@@ -174,8 +174,9 @@ ROWS = [
         f'{r.gpt_large.link})'), 'gpt'),
     Row('Diffusion model', '`configs/diffusion.py`', lambda r: (
         f'DDPM (U-Net, cosine schedule, Min-SNR-5, EMA) on Fashion-MNIST, {r.ddpm.steps:int} steps '
-        f'in {r.ddpm.took}: 1,000 DDIM-50 samples score classifier-FID '
-        f'**{r.ddpm.eval_classifier_fid:.2f}**, confidence {r.ddpm.eval_classifier_confidence:.3f} '
+        f'in {r.ddpm.took}: 2,000 DDIM-50 samples score classifier-FID '
+        f'**{r.ddpm.eval_classifier_fid:.2f}** (the DCGAN {r.dcgan.eval_classifier_fid:.2f} on the '
+        f'same 2,000 test images), confidence {r.ddpm.eval_classifier_confidence:.3f} '
         f'({r.ddpm.target("below the DCGAN", r.ddpm.eval_classifier_fid < r.dcgan.eval_classifier_fid, 60)}; '
         f'{r.ddpm.link})'), 'diffusion'),
     Row('Attention (soft and hard)', '`configs/attention.py`', lambda r: (
