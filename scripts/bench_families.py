@@ -98,8 +98,9 @@ def torch_table(records: list[dict]) -> str:
   for r in records:
     if r.get('torch_seconds_per_step', {}).get('eager'):
       by_config[r['config_file']].append(r)
-  lines = ['| config | batch | JAX devices | jax examples/s | torch eager examples/s | jax / torch | '
-           'model GFLOP/s | of jax matmul peak | of torch matmul peak | allocator | XLA_FLAGS |',
+  lines = ['| config | batch | JAX devices | jax examples/s | torch eager examples/s | '
+           'jax / torch | model GFLOP/s | of jax matmul peak | of torch matmul peak | allocator | '
+           'XLA_FLAGS |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
   for config in sorted(by_config, key=_family_order):
     runs = by_config[config]
